@@ -1,0 +1,136 @@
+//! `deployment.json`: everything `deploy` decided, for `start` to act on.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use image_loader::{ContainerConfig, UserSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::volumes::Volume;
+
+/// File name of the deployment record inside the workdir.
+pub const DEPLOYMENT_FILE: &str = "deployment.json";
+/// Version of the record's layout; bumped on incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What `deploy` wrote for `start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Layout version ([`FORMAT_VERSION`]).
+    pub format: u32,
+    /// The verified image.
+    pub image: Image,
+    /// The image's configuration, as in its trailer.
+    pub config: ContainerConfig,
+    /// The image's `User`, parsed.
+    pub user: UserSpec,
+    /// Host directories shared into the VM.
+    pub volumes: Vec<Volume>,
+    /// What the agreement grants.
+    pub resources: Resources,
+    /// The VM's hostname.
+    pub hostname: String,
+}
+
+/// The image file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    /// Absolute path (in the package cache for downloads).
+    pub path: PathBuf,
+    /// `algo:hex`, when one was computed.
+    pub digest: Option<String>,
+    /// Bytes of the file.
+    pub size: u64,
+}
+
+/// Resources granted to the VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Virtual CPUs.
+    pub cpu_cores: u32,
+    /// Memory in GiB.
+    pub mem_gib: f64,
+    /// Storage in GiB.
+    pub storage_gib: f64,
+}
+
+/// Why the deployment record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    /// No record: `deploy` has not run in this workdir.
+    #[error("{0} not found: run deploy first")]
+    Missing(PathBuf),
+    /// Read or write failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Unparseable record.
+    #[error("{path} is not a valid deployment record: {source}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: serde_json::Error,
+    },
+    /// A record written by an incompatible version.
+    #[error("{path} has format {found}, this runtime reads format {FORMAT_VERSION}: deploy again")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+}
+
+impl Deployment {
+    /// Reads the record from `workdir`.
+    pub fn load(workdir: &Path) -> Result<Self, DeploymentError> {
+        let path = workdir.join(DEPLOYMENT_FILE);
+        let bytes = fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => DeploymentError::Missing(path.clone()),
+            _ => DeploymentError::Io {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        let d: Deployment =
+            serde_json::from_slice(&bytes).map_err(|source| DeploymentError::Invalid {
+                path: path.clone(),
+                source,
+            })?;
+        if d.format != FORMAT_VERSION {
+            return Err(DeploymentError::Format {
+                path,
+                found: d.format,
+            });
+        }
+        Ok(d)
+    }
+
+    /// Writes the record into `workdir` atomically: a reader sees the old record or the new one,
+    /// never a mix, and a failure leaves no temporary file behind.
+    pub fn save(&self, workdir: &Path) -> Result<(), DeploymentError> {
+        let path = workdir.join(DEPLOYMENT_FILE);
+        let tmp = workdir.join(format!(".{DEPLOYMENT_FILE}.tmp"));
+        let io = |source| DeploymentError::Io {
+            path: path.clone(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
+        let result = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(io)
+    }
+}

@@ -1,0 +1,106 @@
+//! The `ya-runtime-vm` binary: parses the command line, sets up logging (stderr) and the async
+//! runtime, dispatches to the library, and turns errors into one line and a non-zero status.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+
+use ya_runtime_vm::cli::{Cli, Command};
+use ya_runtime_vm::deploy::{self, DeployRequest};
+use ya_runtime_vm::deployment::Resources;
+
+/// Environment variable with a `tracing` filter for the runtime's logs (default `info`).
+const LOG_ENV: &str = "YA_RUNTIME_VM_LOG";
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            eprintln!(
+                "ya-runtime-vm: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ya-runtime-vm: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ya-runtime-vm: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Deploy { args } => {
+            if !args.is_empty() {
+                bail!("deploy takes no arguments after '--', got {args:?}");
+            }
+            if let Some(v) = cli.volume_override.as_deref() {
+                if !matches!(v.trim(), "" | "{}" | "[]") {
+                    bail!("--volume-override is not implemented yet");
+                }
+            }
+            let request = DeployRequest {
+                workdir: cli.workdir.clone().context("deploy needs --workdir")?,
+                package: cli
+                    .task_package
+                    .clone()
+                    .context("deploy needs --task-package")?,
+                cache_dir: match cli.cache_dir.clone() {
+                    Some(d) => d,
+                    None => image_loader::Cache::default_root()
+                        .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?,
+                },
+                resources: Resources {
+                    cpu_cores: cli.cpu_cores,
+                    mem_gib: cli.mem_gib,
+                    storage_gib: cli.storage_gib,
+                },
+                hostname: cli.hostname.clone(),
+            };
+            let result = deploy::deploy(&request).await?;
+            let json = serde_json::to_string(&result).context("cannot encode the deploy result")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{json}")
+                .and_then(|()| out.flush())
+                .context("cannot write the deploy result to stdout")?;
+            Ok(())
+        }
+        other => bail!("{} is not implemented yet", other.name()),
+    }
+}
