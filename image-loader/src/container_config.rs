@@ -42,7 +42,22 @@ impl ContainerConfig {
     /// Parses the trailer JSON. Only an object whose known fields have the right types is a
     /// `ContainerConfig`; unknown fields are ignored.
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // serde would also accept a JSON array as a struct; a config is always an object.
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        if !value.is_object() {
+            return Err(serde::de::Error::custom(format!(
+                "expected a JSON object, found {}",
+                match value {
+                    serde_json::Value::Null => "null",
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    serde_json::Value::String(_) => "a string",
+                    serde_json::Value::Array(_) => "an array",
+                    serde_json::Value::Object(_) => "an object",
+                }
+            )));
+        }
+        serde_json::from_value(value)
     }
 
     /// The declared volume paths, in sorted order.
