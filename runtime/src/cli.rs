@@ -18,10 +18,20 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 1)]
     pub cpu_cores: u32,
     /// Memory of the VM in GiB.
-    #[arg(long, global = true, default_value_t = 0.25)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.25,
+        allow_negative_numbers = true
+    )]
     pub mem_gib: f64,
     /// Storage granted to the activity in GiB.
-    #[arg(long, global = true, default_value_t = 0.25)]
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 0.25,
+        allow_negative_numbers = true
+    )]
     pub storage_gib: f64,
     /// Where downloaded packages are cached (default: $XDG_CACHE_HOME/ya-runtime-vm).
     #[arg(long, global = true, env = image_loader::cache::CACHE_DIR_ENV)]
