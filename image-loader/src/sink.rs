@@ -1,6 +1,6 @@
-//! The write-and-hash stage of a download: a blocking thread that appends each received chunk to
-//! the partial file and feeds it to the hasher, so that hashing overlaps the network transfer and
-//! no second pass over the file is needed.
+//! The write-and-hash stage of a download: a writer thread appends each received chunk to the
+//! partial file and hands it to a hasher thread, so that hashing overlaps the network transfer
+//! and the disk writes, and no second pass over the file is needed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -84,35 +84,130 @@ impl Sink {
 }
 
 fn run(
-    mut file: File,
+    file: File,
     start_offset: u64,
     algo: HashAlgo,
     mut rx: mpsc::Receiver<Msg>,
 ) -> io::Result<(u64, Digest)> {
-    let mut hasher = algo.hasher();
-    hash_prefix(&mut file, start_offset, &mut hasher)?;
+    // The hasher gets its own thread so that hashing, the slowest stage, runs in parallel with
+    // writing; it reads an earlier attempt's bytes through its own handle first.
+    let prefix = file.try_clone()?;
+    let (hash_tx, hash_rx) = std::sync::mpsc::sync_channel::<Msg>(QUEUE_CHUNKS);
+    let hasher = std::thread::Builder::new()
+        .name("download-hash".into())
+        .spawn(move || hash_stream(prefix, start_offset, algo, hash_rx))?;
+    let written = write_stream(file, start_offset, &mut rx, &hash_tx);
+    drop(hash_tx);
+    let digest = hasher
+        .join()
+        .map_err(|_| io::Error::other("hasher thread panicked"))??;
+    Ok((written?, digest))
+}
+
+/// Writes every chunk to the file (forwarding it to the hasher), pushing dirty pages to disk as
+/// it goes so that the final sync is short. Returns the file's length.
+fn write_stream(
+    file: File,
+    start_offset: u64,
+    rx: &mut mpsc::Receiver<Msg>,
+    hash_tx: &std::sync::mpsc::SyncSender<Msg>,
+) -> io::Result<u64> {
     let mut out = BufWriter::with_capacity(WRITE_BUF, file);
+    out.get_mut().seek(SeekFrom::Start(start_offset))?;
+    let mut writeback = Writeback::new(start_offset);
     let mut len = start_offset;
+    let hasher_gone = || io::Error::other("hasher thread stopped");
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Data(chunk) => {
                 out.write_all(&chunk)?;
-                hasher.update(&chunk);
                 len += chunk.len() as u64;
+                hash_tx.send(Msg::Data(chunk)).map_err(|_| hasher_gone())?;
+                if writeback.due(len) {
+                    out.flush()?;
+                    writeback.advance(out.get_ref(), len);
+                }
             }
             Msg::Reset => {
                 out.flush()?;
                 let f = out.get_mut();
                 f.set_len(0)?;
                 f.seek(SeekFrom::Start(0))?;
-                hasher = algo.hasher();
                 len = 0;
+                writeback = Writeback::new(0);
+                hash_tx.send(Msg::Reset).map_err(|_| hasher_gone())?;
             }
         }
     }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_data()?;
-    Ok((len, hasher.finish()))
+    Ok(len)
+}
+
+/// Hashes an earlier attempt's `start_offset` bytes, then every chunk as it comes.
+fn hash_stream(
+    mut prefix: File,
+    start_offset: u64,
+    algo: HashAlgo,
+    rx: std::sync::mpsc::Receiver<Msg>,
+) -> io::Result<Digest> {
+    let mut hasher = algo.hasher();
+    hash_prefix(&mut prefix, start_offset, &mut hasher)?;
+    drop(prefix);
+    for msg in rx {
+        match msg {
+            Msg::Data(chunk) => hasher.update(&chunk),
+            Msg::Reset => hasher = algo.hasher(),
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// Bytes between two writeback steps.
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+
+/// Streams dirty pages to disk behind the writer (Linux `sync_file_range`): each full window is
+/// submitted for writeback at once, and the one before it is waited for, so that at most two
+/// windows are dirty and the final `fdatasync` has little left to do. Best effort: where the
+/// call is not supported, the final sync does all the work.
+struct Writeback {
+    submitted: u64,
+}
+
+impl Writeback {
+    fn new(from: u64) -> Self {
+        Self { submitted: from }
+    }
+
+    fn due(&self, len: u64) -> bool {
+        len >= self.submitted + WRITEBACK_WINDOW
+    }
+
+    fn advance(&mut self, file: &File, len: u64) {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let (Ok(start), Ok(count)) = (
+            libc::off64_t::try_from(self.submitted),
+            libc::off64_t::try_from(len - self.submitted),
+        ) else {
+            return;
+        };
+        // SAFETY: fd is a valid open descriptor owned by `file`; the call only reads its args.
+        unsafe {
+            libc::sync_file_range(fd, start, count, libc::SYNC_FILE_RANGE_WRITE);
+            if let Some(prev) = start.checked_sub(WRITEBACK_WINDOW as libc::off64_t) {
+                libc::sync_file_range(
+                    fd,
+                    prev.max(0),
+                    WRITEBACK_WINDOW as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+            }
+        }
+        self.submitted = len;
+    }
 }
 
 /// Feeds the first `len` bytes of `file` (an earlier attempt's data) to the hasher and leaves the
