@@ -3,7 +3,7 @@
 //! and the disk writes, and no second pass over the file is needed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -146,13 +146,13 @@ fn write_stream(
 
 /// Hashes an earlier attempt's `start_offset` bytes, then every chunk as it comes.
 fn hash_stream(
-    mut prefix: File,
+    prefix: File,
     start_offset: u64,
     algo: HashAlgo,
     rx: std::sync::mpsc::Receiver<Msg>,
 ) -> io::Result<Digest> {
     let mut hasher = algo.hasher();
-    hash_prefix(&mut prefix, start_offset, &mut hasher)?;
+    hash_prefix(&prefix, start_offset, &mut hasher)?;
     drop(prefix);
     for msg in rx {
         match msg {
@@ -210,19 +210,17 @@ impl Writeback {
     }
 }
 
-/// Feeds the first `len` bytes of `file` (an earlier attempt's data) to the hasher and leaves the
-/// file positioned after them.
-fn hash_prefix(
-    file: &mut File,
-    len: u64,
-    hasher: &mut crate::digest::StreamHasher,
-) -> io::Result<()> {
-    file.seek(SeekFrom::Start(0))?;
+/// Feeds the first `len` bytes of `file` (an earlier attempt's data) to the hasher. Reads by
+/// position, so a handle shared with the writer keeps its offset.
+fn hash_prefix(file: &File, len: u64, hasher: &mut crate::digest::StreamHasher) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; WRITE_BUF];
-    let mut left = len;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want])?;
+    let mut pos = 0u64;
+    while pos < len {
+        let want = buf
+            .len()
+            .min(usize::try_from(len - pos).unwrap_or(usize::MAX));
+        let n = file.read_at(&mut buf[..want], pos)?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -230,17 +228,16 @@ fn hash_prefix(
             ));
         }
         hasher.update(&buf[..n]);
-        left -= n as u64;
+        pos += n as u64;
     }
-    file.seek(SeekFrom::Start(len))?;
     Ok(())
 }
 
 /// Hashes a whole file (local packages that pin a digest).
 pub(crate) fn hash_file(path: &Path, algo: HashAlgo) -> io::Result<Digest> {
-    let mut file = File::open(path)?;
+    let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut hasher = algo.hasher();
-    hash_prefix(&mut file, len, &mut hasher)?;
+    hash_prefix(&file, len, &mut hasher)?;
     Ok(hasher.finish())
 }
