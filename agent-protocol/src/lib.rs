@@ -1,6 +1,25 @@
 //! # agent-protocol
 //!
 //! The wire format between the host runtime and `init-container` (the guest's PID 1), carried
-//! over vsock: framed, versioned binary messages with request ids and a hard frame-size cap,
-//! decoded as untrusted input in both directions. The messages land with the guest side
-//! (issue 3).
+//! over one vsock stream. The host sends [`Request`]s; the guest answers each with a
+//! [`Response`] carrying the same request id, and sends [`Notification`]s (process output and
+//! exits) on its own.
+//!
+//! Every message travels in a [`frame`]: a fixed 16-byte header (version, kind, payload length,
+//! request id) followed by a protobuf payload ([`messages`], prost-derived, no code generation).
+//! Both sides decode with [`FrameDecoder`], which treats its input as hostile: it checks the
+//! header before buffering a payload, never holds more than [`MAX_PAYLOAD`] bytes of one, and
+//! reports every problem as a typed [`DecodeError`].
+
+pub mod frame;
+pub mod messages;
+
+pub use frame::{
+    encode, DecodeError, EncodeError, Frame, FrameDecoder, Kind, HEADER_LEN, MAX_PAYLOAD, VERSION,
+};
+pub use messages::*;
+
+/// The vsock port the guest agent listens on.
+pub const AGENT_PORT: u32 = 10_000;
+/// Largest output chunk the guest puts in one [`Output`] notification.
+pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;
