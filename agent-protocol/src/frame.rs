@@ -276,7 +276,7 @@ mod tests {
             (
                 7,
                 0x80,
-                DecodeError::TooLarge(0x8000_0000 | good.len() as u32 - HEADER_LEN as u32),
+                DecodeError::TooLarge(0x8000_0000 | (good.len() as u32 - HEADER_LEN as u32)),
             ),
         ];
         for (at, value, want) in cases {
