@@ -1,0 +1,235 @@
+//! Boot, in order: the kernel's file systems, the console, the drivers, the image disk, the
+//! overlay root (squashfs read-only under a tmpfs upper layer), and what processes need inside
+//! that root.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use nix::unistd::{chown, Gid, Uid};
+
+use crate::error::{Context, InitError, Result};
+use crate::log;
+
+/// The image's squashfs, read-only.
+const IMAGE_MNT: &str = "/mnt/image";
+/// The tmpfs holding the overlay's upper and work dirs.
+const RW_MNT: &str = "/mnt/rw";
+/// The merged root processes run in.
+pub const ROOT: &str = "/mnt/root";
+/// The virtio serial number the host gives the image disk.
+pub const IMAGE_SERIAL: &str = "image";
+/// How long to wait for the image disk to appear.
+const DISK_WAIT: Duration = Duration::from_secs(10);
+
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    fs::create_dir_all(target).ctx(|| format!("mkdir {target}"))?;
+    mount(Some(src), target, Some(fstype), flags, data)
+        .ctx(|| format!("mount {fstype} on {target}"))
+}
+
+/// Mounts /proc, /sys, /dev, /dev/pts and /dev/shm of the initramfs, and points stdio at the
+/// console.
+pub fn kernel_filesystems() -> Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", nodev, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    console_stdio();
+    Ok(())
+}
+
+/// Opens /dev/console as stdin, stdout and stderr (the kernel may have started us without them).
+fn console_stdio() {
+    use std::os::fd::AsRawFd;
+    if let Ok(c) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `c` stays open for the call.
+            unsafe { libc::dup2(c.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Finds the block device whose virtio serial is `serial`, waiting for it to appear.
+pub fn find_disk(serial: &str) -> Result<PathBuf> {
+    let start = Instant::now();
+    loop {
+        if let Ok(entries) = fs::read_dir("/sys/block") {
+            for e in entries.flatten() {
+                let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+                if s.trim() == serial {
+                    return Ok(Path::new("/dev").join(e.file_name()));
+                }
+            }
+        }
+        if start.elapsed() > DISK_WAIT {
+            return Err(InitError::invalid(format!(
+                "no disk with serial {serial:?} appeared within {}s",
+                DISK_WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Mounts the image read-only with a tmpfs upper layer at [`ROOT`]. The upper layer's root takes
+/// the mode and owner of the image's root, so the merged root looks like the image's.
+pub fn overlay_root(disk: &Path) -> Result<()> {
+    let disk_s = disk.to_string_lossy();
+    mount_fs(&disk_s, IMAGE_MNT, "squashfs", MsFlags::MS_RDONLY, None)?;
+    mount_fs(
+        "tmpfs",
+        RW_MNT,
+        "tmpfs",
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
+    let upper = format!("{RW_MNT}/upper");
+    let work = format!("{RW_MNT}/work");
+    fs::create_dir_all(&upper).ctx(|| format!("mkdir {upper}"))?;
+    fs::create_dir_all(&work).ctx(|| format!("mkdir {work}"))?;
+    let image_root = fs::metadata(IMAGE_MNT).ctx(|| format!("stat {IMAGE_MNT}"))?;
+    fs::set_permissions(
+        &upper,
+        fs::Permissions::from_mode(image_root.mode() & 0o7777),
+    )
+    .ctx(|| format!("chmod {upper}"))?;
+    chown(
+        upper.as_str(),
+        Some(Uid::from_raw(image_root.uid())),
+        Some(Gid::from_raw(image_root.gid())),
+    )
+    .ctx(|| format!("chown {upper}"))?;
+    let opts = format!("lowerdir={IMAGE_MNT},upperdir={upper},workdir={work}");
+    mount_fs("overlay", ROOT, "overlay", MsFlags::empty(), Some(&opts))
+}
+
+/// Creates `dir` inside the root with `mode` when it is missing.
+fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).ctx(|| format!("mkdir {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .ctx(|| format!("chmod {}", dir.display()))
+}
+
+/// Mounts /proc, /sys and /dev inside the root and makes sure /tmp exists.
+pub fn prepare_root() -> Result<()> {
+    let root = Path::new(ROOT);
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+    ] {
+        ensure_dir(&root.join(dir), mode)?;
+    }
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        nodev,
+        None::<&str>,
+    )
+    .ctx(|| format!("mount proc in {ROOT}"))?;
+    mount(
+        Some("sysfs"),
+        &root.join("sys"),
+        Some("sysfs"),
+        nodev,
+        None::<&str>,
+    )
+    .ctx(|| format!("mount sysfs in {ROOT}"))?;
+    mount(
+        Some("/dev"),
+        &root.join("dev"),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .ctx(|| format!("bind /dev into {ROOT}"))?;
+    Ok(())
+}
+
+/// Creates `path` (absolute, inside the root) and mounts the virtio-fs `tag` there.
+pub fn mount_volume(tag: &str, path: &str) -> Result<()> {
+    let rel = checked_relative(path)?;
+    let target = Path::new(ROOT).join(rel);
+    fs::create_dir_all(&target).ctx(|| format!("mkdir {path}"))?;
+    mount(
+        Some(tag),
+        &target,
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .ctx(|| format!("mount virtio-fs {tag} on {path}"))
+}
+
+/// `path` without its leading `/`, refused when not absolute or when it has `..`.
+pub fn checked_relative(path: &str) -> Result<&str> {
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") || path.contains('\0') {
+        return Err(InitError::invalid(format!(
+            "path {path:?} must be absolute and free of '..'"
+        )));
+    }
+    Ok(path.trim_start_matches('/'))
+}
+
+/// The hostname from the kernel command line (`yarv.hostname=`), else `golem`.
+pub fn hostname_from_cmdline() -> String {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("yarv.hostname="))
+        .filter(|h| !h.is_empty() && h.len() <= 64)
+        .unwrap_or("golem")
+        .to_string()
+}
+
+/// Runs the whole boot sequence.
+pub fn boot() -> Result<()> {
+    kernel_filesystems()?;
+    let n = crate::modules::load_all(Path::new(crate::modules::MODULES_DIR))?;
+    log!("loaded {n} modules");
+    let disk = find_disk(IMAGE_SERIAL)?;
+    overlay_root(&disk)?;
+    prepare_root()?;
+    let host = hostname_from_cmdline();
+    nix::unistd::sethostname(&host).ctx(|| format!("sethostname {host}"))?;
+    Ok(())
+}
