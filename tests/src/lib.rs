@@ -1,0 +1,409 @@
+//! # e2e
+//!
+//! Harness for the end-to-end tests: boots the real guest (kernel and initramfs from the runtime
+//! directory that `scripts/build-runtime.sh` assembles, the sample image from
+//! `scripts/build-sample-image.sh`) under QEMU with vhost-device-vsock and virtiofsd, and talks to
+//! the agent through the vsock unix socket (hybrid vsock: `CONNECT <port>\n` → `OK <port>\n`).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_protocol::{
+    encode, notification, request, response, Exited, Frame, FrameDecoder, Notification, Request,
+    RunProcess, AGENT_PORT,
+};
+
+/// Where the artifacts the tests boot live.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// `vmlinuz`, `initramfs*`.
+    pub runtime_dir: PathBuf,
+    /// `virtiofsd`, `vhost-device-vsock`.
+    pub tools_bin: PathBuf,
+    /// The sample GVMI image.
+    pub image: PathBuf,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Artifacts {
+    /// Finds the artifacts (env overrides: `YA_RUNTIME_VM_RUNTIME_DIR`, `YA_RUNTIME_VM_TOOLS_DIR`,
+    /// `E2E_IMAGE`); panics with what to run when one is missing.
+    pub fn find() -> Self {
+        let root = repo_root();
+        let env_or = |k: &str, d: PathBuf| std::env::var_os(k).map(PathBuf::from).unwrap_or(d);
+        let a = Self {
+            runtime_dir: env_or(
+                "YA_RUNTIME_VM_RUNTIME_DIR",
+                root.join("target/debug/runtime"),
+            ),
+            tools_bin: env_or("YA_RUNTIME_VM_TOOLS_DIR", root.join(".tools")).join("bin"),
+            image: env_or("E2E_IMAGE", root.join("target/images/sample.gvmi")),
+        };
+        for (p, how) in [
+            (a.runtime_dir.join("vmlinuz"), "scripts/build-runtime.sh"),
+            (a.initramfs(), "scripts/build-runtime.sh"),
+            (a.tools_bin.join("virtiofsd"), "scripts/setup.sh"),
+            (a.tools_bin.join("vhost-device-vsock"), "scripts/setup.sh"),
+            (a.image.clone(), "scripts/build-sample-image.sh"),
+        ] {
+            assert!(
+                p.exists(),
+                "{} is missing: run {how} (scripts/test.sh does)",
+                p.display()
+            );
+        }
+        a
+    }
+
+    /// The agent initramfs.
+    pub fn initramfs(&self) -> PathBuf {
+        first_existing(&self.runtime_dir, "initramfs")
+    }
+
+    /// The bare-floor initramfs (its init only powers off).
+    pub fn floor_initramfs(&self) -> PathBuf {
+        first_existing(&self.runtime_dir, "initramfs-floor")
+    }
+}
+
+fn first_existing(dir: &Path, stem: &str) -> PathBuf {
+    for ext in ["cpio", "cpio.gz", "cpio.lz4", "cpio.zst"] {
+        let p = dir.join(format!("{stem}.{ext}"));
+        if p.exists() {
+            return p;
+        }
+    }
+    dir.join(format!("{stem}.cpio"))
+}
+
+/// A running VM and its helpers; everything is killed on drop.
+pub struct Vm {
+    dir: tempfile::TempDir,
+    helpers: Vec<Child>,
+    qemu: Child,
+    /// The host directory shared as virtio-fs tag `vol0`.
+    pub volume: PathBuf,
+}
+
+fn wait_for(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < limit,
+            "{} did not appear within {limit:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Child {
+    // Children die with the test process, even when it is killed.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+impl Vm {
+    /// Boots the sample image with the agent initramfs and a shared volume dir.
+    pub fn boot(a: &Artifacts) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let volume = d.join("volume");
+        std::fs::create_dir(&volume).expect("volume dir");
+        let mut helpers = Vec::new();
+        helpers.push(spawn(
+            Command::new(a.tools_bin.join("virtiofsd"))
+                .arg(format!("--socket-path={}", d.join("fs0.sock").display()))
+                .arg(format!("--shared-dir={}", volume.display()))
+                .args(["--sandbox", "none", "--cache", "auto"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("virtiofsd.log")).expect("log")),
+        ));
+        helpers.push(spawn(
+            Command::new(a.tools_bin.join("vhost-device-vsock"))
+                .args(["--guest-cid", "3", "--socket"])
+                .arg(d.join("vsock.sock"))
+                .arg("--uds-path")
+                .arg(d.join("vm.vsock"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("vsock.log")).expect("log")),
+        ));
+        wait_for(&d.join("fs0.sock"), Duration::from_secs(10));
+        wait_for(&d.join("vsock.sock"), Duration::from_secs(10));
+        let qemu = spawn(
+            Command::new("qemu-system-x86_64")
+                .args(qemu_args(a, d, &a.initramfs(), true))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join("qemu.log")).expect("log")),
+        );
+        Self {
+            dir,
+            helpers,
+            qemu,
+            volume,
+        }
+    }
+
+    /// The guest console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// Connects to the agent, retrying until it listens or `limit` passes.
+    pub fn connect(&mut self, limit: Duration) -> Agent {
+        let uds = self.dir.path().join("vm.vsock");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.qemu.try_wait().ok().flatten() {
+                panic!(
+                    "QEMU exited ({status}) before the agent answered; console:\n{}",
+                    self.console()
+                );
+            }
+            if let Some(agent) = try_connect(&uds) {
+                return agent;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "agent not ready within {limit:?}; console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for QEMU to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.qemu.try_wait().ok().flatten() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+        for h in &mut self.helpers {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    }
+}
+
+/// QEMU's argv for one VM in `d` (sockets made by the helpers there); `devices` adds the image
+/// disk, the volume and vsock.
+pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-M",
+        "q35",
+        "-cpu",
+        "max",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-object",
+        "memory-backend-memfd,id=mem,size=256M,share=on",
+        "-numa",
+        "node,memdev=mem",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push("-serial".into());
+    v.push(format!("file:{}", d.join("console.log").display()));
+    v.push("-kernel".into());
+    v.push(a.runtime_dir.join("vmlinuz").display().to_string());
+    v.push("-initrd".into());
+    v.push(initrd.display().to_string());
+    v.push("-append".into());
+    v.push("console=ttyS0 quiet panic=-1 yarv.hostname=e2e".into());
+    if devices {
+        for arg in [
+            "-drive".to_string(),
+            format!(
+                "file={},if=none,id=image,format=raw,readonly=on",
+                a.image.display()
+            ),
+            "-device".into(),
+            "virtio-blk-pci,drive=image,serial=image".into(),
+            "-chardev".into(),
+            format!("socket,id=fs0,path={}", d.join("fs0.sock").display()),
+            "-device".into(),
+            "vhost-user-fs-pci,chardev=fs0,tag=vol0".into(),
+            "-chardev".into(),
+            format!("socket,id=vsk,path={}", d.join("vsock.sock").display()),
+            "-device".into(),
+            "vhost-user-vsock-pci,chardev=vsk".into(),
+        ] {
+            v.push(arg);
+        }
+    }
+    v
+}
+
+fn try_connect(uds: &Path) -> Option<Agent> {
+    let mut s = UnixStream::connect(uds).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+        .ok()?;
+    let mut line = String::new();
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    r.read_line(&mut line).ok()?;
+    if !line.starts_with("OK ") {
+        return None;
+    }
+    // The BufReader read only up to the newline: nothing else is sent before our first request.
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    Some(Agent {
+        stream: s,
+        decoder: FrameDecoder::new(),
+        next_id: 1,
+        notes: VecDeque::new(),
+    })
+}
+
+/// A client of the guest agent.
+pub struct Agent {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    next_id: u64,
+    notes: VecDeque<Notification>,
+}
+
+/// What a process produced.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Its stdout.
+    pub stdout: Vec<u8>,
+    /// Its stderr.
+    pub stderr: Vec<u8>,
+    /// How it ended.
+    pub exit: Exited,
+    /// Output received after the exit notification (must stay empty).
+    pub late: usize,
+}
+
+impl Agent {
+    fn read_frame(&mut self) -> std::io::Result<Frame> {
+        let mut buf = [0u8; 65536];
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.decoder.feed(&buf[..n]);
+        }
+    }
+
+    /// Sends a request and waits for its response (notifications meanwhile are kept).
+    pub fn request(&mut self, body: request::Body) -> std::io::Result<response::Body> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = encode(&Frame::Request(id, Request { body: Some(body) }))
+            .map_err(std::io::Error::other)?;
+        self.stream.write_all(&bytes)?;
+        loop {
+            match self.read_frame()? {
+                Frame::Response(rid, r) if rid == id => {
+                    return r
+                        .body
+                        .ok_or_else(|| std::io::Error::other("empty response"))
+                }
+                Frame::Notification(n) => self.notes.push_back(n),
+                other => return Err(std::io::Error::other(format!("unexpected frame {other:?}"))),
+            }
+        }
+    }
+
+    /// Starts a process; `Err` carries the agent's error message.
+    pub fn run(&mut self, req: RunProcess) -> Result<u64, String> {
+        match self
+            .request(request::Body::Run(req))
+            .map_err(|e| e.to_string())?
+        {
+            response::Body::Started(s) => Ok(s.pid),
+            response::Body::Error(e) => Err(e.message),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    fn next_note(&mut self) -> std::io::Result<Notification> {
+        if let Some(n) = self.notes.pop_front() {
+            return Ok(n);
+        }
+        match self.read_frame()? {
+            Frame::Notification(n) => Ok(n),
+            other => Err(std::io::Error::other(format!("unexpected frame {other:?}"))),
+        }
+    }
+
+    /// Collects a process's output until its exit notification.
+    pub fn wait(&mut self, pid: u64) -> std::io::Result<Finished> {
+        let mut f = Finished::default();
+        let mut others = VecDeque::new();
+        loop {
+            let n = self.next_note()?;
+            match n.body {
+                Some(notification::Body::Output(o)) if o.pid == pid => match o.fd {
+                    1 => f.stdout.extend(o.data),
+                    _ => f.stderr.extend(o.data),
+                },
+                Some(notification::Body::Exited(e)) if e.pid == pid => {
+                    f.exit = e;
+                    // Put back what belonged to other processes.
+                    others.extend(self.notes.drain(..));
+                    self.notes = others;
+                    return Ok(f);
+                }
+                _ => others.push_back(n),
+            }
+        }
+    }
+}
+
+/// A `RunProcess` for `argv` (argv\[0\] is the program) in the sample image's environment.
+pub fn cmd(argv: &[&str]) -> RunProcess {
+    RunProcess {
+        path: argv[0].to_string(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec![
+            "PATH=/bin:/sbin:/usr/bin:/usr/sbin".into(),
+            "HOME=/root".into(),
+        ],
+        cwd: "/".into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,191 @@
+//! The guest end to end: the real kernel and initramfs under QEMU (TCG), the sample busybox
+//! image, vhost-device-vsock and virtiofsd. One VM serves every check of the scenario, in order;
+//! the last one shuts it down.
+
+use std::time::{Duration, Instant};
+
+use agent_protocol::{request, response, Empty, KillProcess, MountVolume, RunProcess, WriteStdin};
+use e2e::{cmd, Agent, Artifacts, Vm};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+fn sh(script: &str) -> RunProcess {
+    cmd(&["/bin/sh", "-c", script])
+}
+
+fn run_ok(agent: &mut Agent, req: RunProcess) -> e2e::Finished {
+    let pid = agent.run(req).expect("run");
+    agent.wait(pid).expect("wait")
+}
+
+#[test]
+fn guest_agent_scenario() {
+    let artifacts = Artifacts::find();
+    let mut vm = Vm::boot(&artifacts);
+    let mut agent = vm.connect(BOOT_LIMIT);
+
+    // hello
+    match agent
+        .request(request::Body::Hello(agent_protocol::Hello { version: 1 }))
+        .unwrap()
+    {
+        response::Body::Hello(h) => assert_eq!(h.version, 1),
+        other => panic!("{other:?}"),
+    }
+
+    // echo: exact output and exit code 0
+    let f = run_ok(&mut agent, cmd(&["/bin/echo", "hello", "world"]));
+    assert_eq!(f.stdout, b"hello world\n");
+    assert!(f.stderr.is_empty());
+    assert_eq!((f.exit.code, f.exit.signal), (Some(0), None));
+
+    // exit code 3
+    let f = run_ok(&mut agent, sh("exit 3"));
+    assert_eq!(f.exit.code, Some(3));
+
+    // a missing binary is a clear error, and the agent goes on
+    let e = agent.run(cmd(&["/bin/no-such-program"])).unwrap_err();
+    assert_eq!(e, "exec /bin/no-such-program: No such file or directory");
+    let e = agent
+        .run(RunProcess {
+            cwd: "/nowhere".into(),
+            ..cmd(&["/bin/true"])
+        })
+        .unwrap_err();
+    assert!(e.contains("working directory /nowhere"), "{e}");
+
+    // stderr is separate from stdout
+    let f = run_ok(&mut agent, sh("echo out; echo err >&2; echo out2"));
+    assert_eq!(f.stdout, b"out\nout2\n");
+    assert_eq!(f.stderr, b"err\n");
+
+    // environment, working directory, hostname, argv[0]
+    let f = run_ok(
+        &mut agent,
+        RunProcess {
+            env: vec!["PATH=/bin".into(), "GREETING=hi there".into()],
+            cwd: "/etc".into(),
+            ..sh("echo \"$GREETING\"; pwd; hostname; echo $0")
+        },
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&f.stdout),
+        "hi there\n/etc\ne2e\n/bin/sh\n"
+    );
+
+    // a file written by one command is read by the next (the overlay keeps state)
+    let f = run_ok(
+        &mut agent,
+        sh("echo persisted > /root/state && mkdir -p /var/x && echo ok"),
+    );
+    assert_eq!(f.stdout, b"ok\n");
+    let f = run_ok(&mut agent, cmd(&["/bin/cat", "/root/state"]));
+    assert_eq!(f.stdout, b"persisted\n");
+
+    // the image's root keeps its mode (755), not the upper layer's
+    let f = run_ok(&mut agent, sh("stat -c %a /"));
+    assert_eq!(f.stdout, b"755\n");
+
+    // running as another user
+    let f = run_ok(
+        &mut agent,
+        RunProcess {
+            user: "nobody".into(),
+            ..cmd(&["/bin/id", "-u"])
+        },
+    );
+    assert_eq!(f.stdout, b"65534\n");
+
+    // stdin, when asked for
+    let pid = agent
+        .run(RunProcess {
+            stdin: true,
+            ..cmd(&["/bin/cat"])
+        })
+        .unwrap();
+    let r = agent
+        .request(request::Body::Stdin(WriteStdin {
+            pid,
+            data: b"piped\n".to_vec(),
+            close: true,
+        }))
+        .unwrap();
+    assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
+    let f = agent.wait(pid).unwrap();
+    assert_eq!(f.stdout, b"piped\n");
+
+    // the exit rule: every byte written before exit arrives before the exit notification
+    let f = run_ok(
+        &mut agent,
+        sh("i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done"),
+    );
+    let text = String::from_utf8(f.stdout).unwrap();
+    assert_eq!(text.lines().count(), 2000);
+    assert_eq!(text.lines().last(), Some("line-1999"));
+    let f = run_ok(&mut agent, sh("head -c 3000000 /dev/zero"));
+    assert_eq!(f.stdout.len(), 3_000_000);
+    // a background child holding the pipe does not hold the command
+    let start = Instant::now();
+    let f = run_ok(&mut agent, sh("sleep 30 & echo started"));
+    assert_eq!(f.stdout, b"started\n");
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    // a virtio-fs volume: written in the guest, seen on the host, and the other way round
+    let r = agent
+        .request(request::Body::Mount(MountVolume {
+            tag: "vol0".into(),
+            path: "/golem/output".into(),
+        }))
+        .unwrap();
+    assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
+    std::fs::write(vm.volume.join("from-host.txt"), "host data").unwrap();
+    let f = run_ok(
+        &mut agent,
+        sh("cat /golem/output/from-host.txt; echo guest data > /golem/output/result.txt"),
+    );
+    assert_eq!(f.stdout, b"host data");
+    assert_eq!(
+        std::fs::read_to_string(vm.volume.join("result.txt")).unwrap(),
+        "guest data\n"
+    );
+    let r = agent
+        .request(request::Body::Mount(MountVolume {
+            tag: "vol0".into(),
+            path: "relative".into(),
+        }))
+        .unwrap();
+    assert!(matches!(r, response::Body::Error(_)), "{r:?}");
+
+    // kill of `sleep 1000` reports the signal
+    let pid = agent.run(cmd(&["/bin/sleep", "1000"])).unwrap();
+    let r = agent
+        .request(request::Body::Kill(KillProcess {
+            pid,
+            signal: libc::SIGTERM,
+        }))
+        .unwrap();
+    assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
+    let f = agent.wait(pid).unwrap();
+    assert_eq!((f.exit.code, f.exit.signal), (None, Some(libc::SIGTERM)));
+    let r = agent
+        .request(request::Body::Kill(KillProcess { pid, signal: 9 }))
+        .unwrap();
+    assert!(
+        matches!(r, response::Body::Error(ref e) if e.message.contains("No such process")),
+        "{r:?}"
+    );
+
+    // sync, then shutdown powers off and QEMU exits 0
+    let r = agent.request(request::Body::Sync(Empty {})).unwrap();
+    assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
+    let r = agent.request(request::Body::Shutdown(Empty {})).unwrap();
+    assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
+    let status = vm
+        .wait_exit(Duration::from_secs(30))
+        .expect("QEMU did not exit after shutdown");
+    assert!(
+        status.success(),
+        "QEMU exited with {status}; console:\n{}",
+        vm.console()
+    );
+}
