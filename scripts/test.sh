@@ -7,6 +7,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 bash scripts/setup.sh
+say "test: building the guest runtime directory and the sample image"
+bash scripts/build-runtime.sh >/dev/null
+bash scripts/build-sample-image.sh >/dev/null
 
 say "test: cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"

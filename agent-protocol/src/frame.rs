@@ -35,8 +35,9 @@ pub enum Frame {
     Notification(Notification),
 }
 
-/// Why bytes could not be decoded. After any of these the stream is out of step and must be
-/// closed.
+/// Why bytes could not be decoded. Header errors leave the stream out of step (close it); a bad
+/// payload under a good header is skipped, and its request id can still be answered
+/// ([`DecodeError::is_recoverable`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// A version this side does not speak.
@@ -56,12 +57,45 @@ pub enum DecodeError {
     Payload {
         /// The frame kind.
         kind: Kind,
+        /// The frame's request id.
+        id: u64,
         /// prost's description.
         reason: String,
     },
-    /// The message has no body.
-    #[error("{0:?} frame without a body")]
-    Empty(Kind),
+    /// The message has no body, or one this side does not know.
+    #[error("{kind:?} frame without a known body")]
+    Empty {
+        /// The frame kind.
+        kind: Kind,
+        /// The frame's request id.
+        id: u64,
+    },
+}
+
+impl DecodeError {
+    /// Whether the decoder skipped the bad frame and can go on.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::Payload { .. } | DecodeError::Empty { .. }
+        )
+    }
+
+    /// The request id of a skipped request frame, which the receiver can answer with an error.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            DecodeError::Payload {
+                kind: Kind::Request,
+                id,
+                ..
+            }
+            | DecodeError::Empty {
+                kind: Kind::Request,
+                id,
+            } => Some(*id),
+            _ => None,
+        }
+    }
 }
 
 /// Why a message could not be framed.
@@ -167,36 +201,37 @@ impl FrameDecoder {
         if self.buf.len() < HEADER_LEN + h.len {
             return Ok(None);
         }
-        let payload = &self.buf[HEADER_LEN..HEADER_LEN + h.len];
-        let bad = |e: prost::DecodeError| DecodeError::Payload {
-            kind: h.kind,
-            reason: e.to_string(),
-        };
-        let frame = match h.kind {
-            Kind::Request => {
-                let m = Request::decode(payload).map_err(bad)?;
-                if m.body.is_none() {
-                    return Err(DecodeError::Empty(h.kind));
-                }
-                Frame::Request(h.id, m)
-            }
-            Kind::Response => {
-                let m = Response::decode(payload).map_err(bad)?;
-                if m.body.is_none() {
-                    return Err(DecodeError::Empty(h.kind));
-                }
-                Frame::Response(h.id, m)
-            }
-            Kind::Notification => {
-                let m = Notification::decode(payload).map_err(bad)?;
-                if m.body.is_none() {
-                    return Err(DecodeError::Empty(h.kind));
-                }
-                Frame::Notification(m)
-            }
-        };
+        let frame = decode_payload(&h, &self.buf[HEADER_LEN..HEADER_LEN + h.len]);
+        // The frame is consumed whether or not its payload was good: the stream stays in step.
         self.buf.drain(..HEADER_LEN + h.len);
-        Ok(Some(frame))
+        frame.map(Some)
+    }
+}
+
+fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> {
+    let (kind, id) = (h.kind, h.id);
+    let bad = |e: prost::DecodeError| DecodeError::Payload {
+        kind,
+        id,
+        reason: e.to_string(),
+    };
+    let empty = DecodeError::Empty { kind, id };
+    match kind {
+        Kind::Request => {
+            let m = Request::decode(payload).map_err(bad)?;
+            m.body.as_ref().ok_or(empty)?;
+            Ok(Frame::Request(id, m))
+        }
+        Kind::Response => {
+            let m = Response::decode(payload).map_err(bad)?;
+            m.body.as_ref().ok_or(empty)?;
+            Ok(Frame::Response(id, m))
+        }
+        Kind::Notification => {
+            let m = Notification::decode(payload).map_err(bad)?;
+            m.body.as_ref().ok_or(empty)?;
+            Ok(Frame::Notification(m))
+        }
     }
 }
 
@@ -290,60 +325,52 @@ mod tests {
 
     #[test]
     fn payload_errors() {
-        // A request frame whose payload is garbage.
-        let mut bytes = vec![
-            VERSION,
-            Kind::Request as u8,
-            0,
-            0,
-            3,
-            0,
-            0,
-            0,
-            1,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
+        let header = |kind: Kind, len: u8, id: u8| {
+            vec![
+                VERSION, kind as u8, 0, 0, len, 0, 0, 0, id, 0, 0, 0, 0, 0, 0, 0,
+            ]
+        };
+        // A request frame whose payload is garbage: skipped, its id can be answered.
+        let mut bytes = header(Kind::Request, 3, 1);
         bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
         let mut d = FrameDecoder::new();
         d.feed(&bytes);
-        assert!(matches!(
-            d.next_frame(),
-            Err(DecodeError::Payload {
-                kind: Kind::Request,
-                ..
-            })
-        ));
-        // An empty message.
-        let bytes = vec![
-            VERSION,
-            Kind::Response as u8,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            1,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
+        let e = d.next_frame().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DecodeError::Payload {
+                    kind: Kind::Request,
+                    id: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.is_recoverable());
+        assert_eq!(e.request_id(), Some(1));
+        assert_eq!(d.buffered(), 0);
+        // An empty response.
+        let mut d = FrameDecoder::new();
+        d.feed(&header(Kind::Response, 0, 1));
+        let e = d.next_frame().unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::Empty {
+                kind: Kind::Response,
+                id: 1
+            }
+        );
+        assert_eq!(e.request_id(), None);
+        // A request with a body this side does not know (field 80, from a newer host), followed
+        // by a good frame: the first is skipped, the second decodes.
+        let mut bytes = header(Kind::Request, 3, 5);
+        bytes.extend_from_slice(&[0x82, 0x05, 0x00]);
+        bytes.extend(encode(&run_request()).unwrap());
         let mut d = FrameDecoder::new();
         d.feed(&bytes);
-        assert_eq!(
-            d.next_frame().unwrap_err(),
-            DecodeError::Empty(Kind::Response)
-        );
+        assert_eq!(d.next_frame().unwrap_err().request_id(), Some(5));
+        assert_eq!(d.next_frame().unwrap(), Some(run_request()));
     }
 
     #[test]

@@ -290,13 +290,28 @@ impl Agent {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(false),
                 Err(e) => {
-                    self.protocol_error(&e);
-                    return Ok(false);
+                    match e.request_id() {
+                        // A request this side cannot read: answer it, and go on.
+                        Some(id) => self.send(&Frame::Response(
+                            id,
+                            Response {
+                                body: Some(error_response(&InitError::invalid(format!(
+                                    "bad request: {e}"
+                                )))),
+                            },
+                        )),
+                        None if e.is_recoverable() => log!("skipping a bad frame: {e}"),
+                        None => {
+                            self.protocol_error(&e);
+                            return Ok(false);
+                        }
+                    }
+                    continue;
                 }
             };
             let Frame::Request(id, Request { body: Some(body) }) = frame else {
-                self.protocol_error(&DecodeError::Kind(0));
-                return Ok(false);
+                log!("skipping a frame that is not a request");
+                continue;
             };
             let shutdown = matches!(body, request::Body::Shutdown(_));
             let answer = self.handle(body);

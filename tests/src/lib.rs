@@ -269,6 +269,24 @@ pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<S
     v
 }
 
+/// Boots the floor initramfs (its init powers off at once) and returns QEMU's wall time from
+/// start to exit: the bare cost of booting this kernel on this machine.
+pub fn floor_boot(a: &Artifacts) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = Instant::now();
+    let status = spawn(
+        Command::new("qemu-system-x86_64")
+            .args(qemu_args(a, dir.path(), &a.floor_initramfs(), false))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .wait()
+    .expect("wait for QEMU");
+    let took = start.elapsed();
+    assert!(status.success(), "floor boot failed: {status}");
+    took
+}
+
 fn try_connect(uds: &Path) -> Option<Agent> {
     let mut s = UnixStream::connect(uds).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -330,11 +348,25 @@ impl Agent {
 
     /// Sends a request and waits for its response (notifications meanwhile are kept).
     pub fn request(&mut self, body: request::Body) -> std::io::Result<response::Body> {
+        let payload = prost::Message::encode_to_vec(&Request { body: Some(body) });
+        self.request_raw(&payload)
+    }
+
+    /// Sends a request frame with `payload` as it is (valid or not) and waits for its response,
+    /// keeping the notifications that arrive meanwhile.
+    pub fn request_raw(&mut self, payload: &[u8]) -> std::io::Result<response::Body> {
         let id = self.next_id;
         self.next_id += 1;
-        let bytes = encode(&Frame::Request(id, Request { body: Some(body) }))
-            .map_err(std::io::Error::other)?;
-        self.stream.write_all(&bytes)?;
+        let mut frame = vec![
+            agent_protocol::VERSION,
+            agent_protocol::Kind::Request as u8,
+            0,
+            0,
+        ];
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&id.to_le_bytes());
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame)?;
         loop {
             match self.read_frame()? {
                 Frame::Response(rid, r) if rid == id => {

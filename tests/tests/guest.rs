@@ -33,6 +33,14 @@ fn guest_agent_scenario() {
         other => panic!("{other:?}"),
     }
 
+    // a request the guest cannot read gets an error answer, and the agent goes on
+    for payload in [&[0xff, 0xff, 0xff][..], &[0x82, 0x05, 0x00], &[]] {
+        match agent.request_raw(payload).unwrap() {
+            response::Body::Error(e) => assert!(e.message.starts_with("bad request"), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     // echo: exact output and exit code 0
     let f = run_ok(&mut agent, cmd(&["/bin/echo", "hello", "world"]));
     assert_eq!(f.stdout, b"hello world\n");

@@ -1,0 +1,89 @@
+//! Guest benchmark (run by `scripts/bench-guest.sh`): boot-to-agent-ready against the bare
+//! kernel-boot floor in the same run, and the `/bin/true` round trip through the agent.
+//!
+//! Usage: `bench-guest [boots] [round-trips]` (defaults 5 and 200).
+
+use std::time::{Duration, Instant};
+
+use e2e::{cmd, floor_boot, Artifacts, Vm};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    percentile(&v, 0.5)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let boots: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
+    let trips: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let a = Artifacts::find();
+
+    let mut floor = Vec::new();
+    let mut ready = Vec::new();
+    for _ in 0..boots {
+        floor.push(floor_boot(&a));
+        let start = Instant::now();
+        let mut vm = Vm::boot(&a);
+        let mut agent = vm.connect(Duration::from_secs(120));
+        agent
+            .request(agent_protocol::request::Body::Hello(
+                agent_protocol::Hello { version: 1 },
+            ))
+            .expect("hello");
+        ready.push(start.elapsed());
+    }
+
+    let mut vm = Vm::boot(&a);
+    let mut agent = vm.connect(Duration::from_secs(120));
+    let mut rtt = Vec::with_capacity(trips);
+    for _ in 0..trips {
+        let start = Instant::now();
+        let pid = agent.run(cmd(&["/bin/true"])).expect("run /bin/true");
+        let f = agent.wait(pid).expect("wait /bin/true");
+        rtt.push(start.elapsed());
+        assert_eq!(f.exit.code, Some(0));
+    }
+    rtt.sort();
+
+    let (f, r) = (median(floor.clone()), median(ready.clone()));
+    println!("guest benchmark (TCG, q35, 1 vCPU, 256 MiB)");
+    println!(
+        "  bare kernel-boot floor (start → power-off)   median {:8.0} ms  runs {}",
+        ms(f),
+        fmt(&floor)
+    );
+    println!(
+        "  boot to agent ready (helpers+QEMU+hello)     median {:8.0} ms  runs {}",
+        ms(r),
+        fmt(&ready)
+    );
+    println!(
+        "  ratio ready / floor                          {:8.2}",
+        r.as_secs_f64() / f.as_secs_f64()
+    );
+    println!(
+        "  /bin/true round trip over {trips} runs           p50 {:6.2} ms  p95 {:6.2} ms",
+        ms(percentile(&rtt, 0.5)),
+        ms(percentile(&rtt, 0.95))
+    );
+    println!(
+        "  upstream 0.5.2 warm /bin/true here: 11.6 ms  → ratio p50 / upstream {:.2}",
+        ms(percentile(&rtt, 0.5)) / 11.6
+    );
+}
+
+fn fmt(v: &[Duration]) -> String {
+    v.iter()
+        .map(|d| format!("{:.0}", ms(*d)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
