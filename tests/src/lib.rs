@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_protocol::{
-    encode, notification, request, response, Exited, Frame, FrameDecoder, Notification, Request,
+    notification, request, response, Exited, Frame, FrameDecoder, Notification, Request,
     RunProcess, AGENT_PORT,
 };
 
