@@ -36,6 +36,9 @@ pub struct Cli {
     /// Where downloaded packages are cached (default: $XDG_CACHE_HOME/ya-runtime-vm).
     #[arg(long, global = true, env = image_loader::cache::CACHE_DIR_ENV)]
     pub cache_dir: Option<PathBuf>,
+    /// Directory with the guest kernel and initramfs (default: `runtime/` beside this binary).
+    #[arg(long, global = true, env = crate::runtime_dir::RUNTIME_DIR_ENV)]
+    pub runtime_dir: Option<PathBuf>,
     /// Volumes requested by the ExeScript's deploy command, as JSON.
     #[arg(long, global = true, env = "YA_RUNTIME_VOLUME_OVERRIDE")]
     pub volume_override: Option<String>,

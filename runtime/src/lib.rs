@@ -8,4 +8,5 @@
 pub mod cli;
 pub mod deploy;
 pub mod deployment;
+pub mod runtime_dir;
 pub mod volumes;
