@@ -1,6 +1,113 @@
 //! # qemu-config
 //!
 //! Sits between `deploy`'s `deployment.json` and the QEMU process that `start` spawns: a typed
-//! description of one VM (accelerator, machine, CPUs, memory, kernel and initramfs, the image
-//! disk, vsock and virtio-fs devices) rendered to QEMU's argv. Pure code, tested with golden
-//! command lines. The VM description lands with the host runtime (issue 4).
+//! description of one VM ([`VmConfig`]: accelerator, machine, CPUs, memory, kernel and initramfs,
+//! disks, vsock and virtio-fs devices, console) rendered to QEMU's argv by [`VmConfig::to_args`].
+//! Pure code: no process is started here. [`accel`] chooses the accelerator from what the host
+//! offers.
+
+pub mod accel;
+mod render;
+
+use std::path::PathBuf;
+
+pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest, HostProbe};
+
+/// The machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    /// PC with PCIe (`-M q35`): virtio devices on PCI, ACPI power-off.
+    Q35,
+    /// Firecracker-like minimal machine (`-M microvm`): virtio-mmio devices, faster boot.
+    Microvm,
+}
+
+/// A raw disk image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// The file.
+    pub path: PathBuf,
+    /// The virtio serial the guest finds it by.
+    pub serial: String,
+    /// Attach read-only.
+    pub read_only: bool,
+}
+
+/// How the guest gets its vsock device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Vsock {
+    /// The host kernel's vhost-vsock (`/dev/vhost-vsock`) with a unique guest CID.
+    Kernel {
+        /// The guest's context id (≥ 3, unique among running VMs).
+        cid: u32,
+    },
+    /// A vhost-user daemon (vhost-device-vsock) listening on this socket.
+    VhostUser {
+        /// The daemon's vhost-user socket.
+        socket: PathBuf,
+    },
+}
+
+/// A virtio-fs share served by virtiofsd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+    /// The tag the guest mounts.
+    pub tag: String,
+}
+
+/// One VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    /// The accelerator.
+    pub accel: Accel,
+    /// The machine type.
+    pub machine: Machine,
+    /// Virtual CPUs (≥ 1).
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Disks, in order.
+    pub disks: Vec<Disk>,
+    /// The vsock device, if any.
+    pub vsock: Option<Vsock>,
+    /// virtio-fs shares.
+    pub shares: Vec<FsShare>,
+    /// Where the serial console goes (`None`: discarded).
+    pub console_log: Option<PathBuf>,
+}
+
+/// Why a configuration cannot be rendered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// No CPUs.
+    #[error("a VM needs at least one CPU")]
+    NoCpus,
+    /// Too little memory for the kernel.
+    #[error("{0} MiB of memory is too little for the guest (at least {MIN_MEMORY_MIB} MiB)")]
+    TooLittleMemory(u64),
+    /// A string that would break QEMU's option syntax.
+    #[error("{what} {value:?} contains a character QEMU options cannot carry (',' or a control character)")]
+    BadValue {
+        /// Which value.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// Two shares with one tag.
+    #[error("virtio-fs tag {0:?} is used twice")]
+    DuplicateTag(String),
+    /// A guest CID that is reserved.
+    #[error("guest CID {0} is reserved (use 3 or more)")]
+    ReservedCid(u32),
+}
+
+/// Smallest guest memory accepted.
+pub const MIN_MEMORY_MIB: u64 = 64;

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
+
 use agent_protocol::{
     notification, request, response, Exited, Frame, FrameDecoder, Notification, Request,
     RunProcess, AGENT_PORT,
@@ -210,63 +212,37 @@ impl Drop for Vm {
     }
 }
 
-/// QEMU's argv for one VM in `d` (sockets made by the helpers there); `devices` adds the image
-/// disk, the volume and vsock.
+/// QEMU's argv for one VM in `d` (sockets made by the helpers there), rendered by qemu-config;
+/// `devices` adds the image disk, the volume and vsock.
 pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-M",
-        "q35",
-        "-cpu",
-        "max",
-        "-m",
-        "256",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-no-reboot",
-        "-display",
-        "none",
-        "-object",
-        "memory-backend-memfd,id=mem,size=256M,share=on",
-        "-numa",
-        "node,memdev=mem",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push("-serial".into());
-    v.push(format!("file:{}", d.join("console.log").display()));
-    v.push("-kernel".into());
-    v.push(a.runtime_dir.join("vmlinuz").display().to_string());
-    v.push("-initrd".into());
-    v.push(initrd.display().to_string());
-    v.push("-append".into());
-    v.push("console=ttyS0 quiet panic=-1 yarv.hostname=e2e".into());
+    let mut vm = VmConfig {
+        accel: Accel::Tcg,
+        machine: Machine::Q35,
+        cpus: 1,
+        memory_mib: 256,
+        kernel: a.runtime_dir.join("vmlinuz"),
+        initrd: initrd.to_path_buf(),
+        cmdline: "console=ttyS0 quiet panic=-1 yarv.hostname=e2e".into(),
+        disks: Vec::new(),
+        vsock: None,
+        shares: Vec::new(),
+        console_log: Some(d.join("console.log")),
+    };
     if devices {
-        for arg in [
-            "-drive".to_string(),
-            format!(
-                "file={},if=none,id=image,format=raw,readonly=on",
-                a.image.display()
-            ),
-            "-device".into(),
-            "virtio-blk-pci,drive=image,serial=image".into(),
-            "-chardev".into(),
-            format!("socket,id=fs0,path={}", d.join("fs0.sock").display()),
-            "-device".into(),
-            "vhost-user-fs-pci,chardev=fs0,tag=vol0".into(),
-            "-chardev".into(),
-            format!("socket,id=vsk,path={}", d.join("vsock.sock").display()),
-            "-device".into(),
-            "vhost-user-vsock-pci,chardev=vsk".into(),
-        ] {
-            v.push(arg);
-        }
+        vm.disks.push(Disk {
+            path: a.image.clone(),
+            serial: "image".into(),
+            read_only: true,
+        });
+        vm.vsock = Some(Vsock::VhostUser {
+            socket: d.join("vsock.sock"),
+        });
+        vm.shares.push(FsShare {
+            socket: d.join("fs0.sock"),
+            tag: "vol0".into(),
+        });
     }
-    v
+    vm.to_args().expect("a valid VM configuration")
 }
 
 /// Boots the floor initramfs (its init powers off at once) and returns QEMU's wall time from

@@ -1,0 +1,258 @@
+//! Rendering a [`VmConfig`] to QEMU's argv.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::{ConfigError, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
+
+/// A value inside a QEMU `key=value,…` option: commas doubled, control characters refused.
+fn opt_value(what: &'static str, value: &str) -> Result<String, ConfigError> {
+    if value.chars().any(char::is_control) {
+        return Err(ConfigError::BadValue {
+            what,
+            value: value.into(),
+        });
+    }
+    Ok(value.replace(',', ",,"))
+}
+
+fn opt_path(what: &'static str, p: &Path) -> Result<String, ConfigError> {
+    opt_value(what, &p.to_string_lossy())
+}
+
+/// A name QEMU must take as it is (tags): no commas at all.
+fn plain(what: &'static str, value: &str) -> Result<String, ConfigError> {
+    if value.is_empty() || value.contains(',') || value.chars().any(char::is_control) {
+        return Err(ConfigError::BadValue {
+            what,
+            value: value.into(),
+        });
+    }
+    Ok(value.to_string())
+}
+
+impl Machine {
+    fn arg(self) -> &'static str {
+        match self {
+            Machine::Q35 => "q35",
+            // No option ROMs to scan; the ISA serial port is the console.
+            Machine::Microvm => "microvm,x-option-roms=off,isa-serial=on",
+        }
+    }
+
+    /// The virtio transport suffix of device names: PCI on q35, MMIO on microvm.
+    fn device(self, base: &str) -> String {
+        match self {
+            Machine::Q35 => format!("{base}-pci"),
+            Machine::Microvm => format!("{base}-device"),
+        }
+    }
+}
+
+impl VmConfig {
+    /// QEMU's argv (without the program name).
+    pub fn to_args(&self) -> Result<Vec<String>, ConfigError> {
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::TooLittleMemory(self.memory_mib));
+        }
+        let m = self.machine;
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |parts: &[&str]| a.extend(parts.iter().map(|s| s.to_string()));
+        push(&["-accel", self.accel.name(), "-M", m.arg(), "-cpu", "max"]);
+        push(&[
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &format!("{}M", self.memory_mib),
+        ]);
+        // vhost-user daemons map guest memory: it must be shareable.
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                self.memory_mib
+            ),
+            "-numa",
+            "node,memdev=mem",
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ]);
+        match &self.console_log {
+            Some(p) => push(&["-serial", &format!("file:{}", opt_path("console log", p)?)]),
+            None => push(&["-serial", "none"]),
+        }
+        push(&["-kernel", &self.kernel.to_string_lossy()]);
+        push(&["-initrd", &self.initrd.to_string_lossy()]);
+        if self.cmdline.chars().any(char::is_control) {
+            return Err(ConfigError::BadValue {
+                what: "kernel command line",
+                value: self.cmdline.clone(),
+            });
+        }
+        push(&["-append", &self.cmdline]);
+        for (i, d) in self.disks.iter().enumerate() {
+            let ro = if d.read_only { ",readonly=on" } else { "" };
+            push(&[
+                "-drive",
+                &format!(
+                    "file={},if=none,id=disk{i},format=raw{ro}",
+                    opt_path("disk", &d.path)?
+                ),
+                "-device",
+                &format!(
+                    "{},drive=disk{i},serial={}",
+                    m.device("virtio-blk"),
+                    plain("disk serial", &d.serial)?
+                ),
+            ]);
+        }
+        match &self.vsock {
+            Some(Vsock::Kernel { cid }) => {
+                if *cid < 3 {
+                    return Err(ConfigError::ReservedCid(*cid));
+                }
+                push(&[
+                    "-device",
+                    &format!("{},guest-cid={cid}", m.device("vhost-vsock")),
+                ]);
+            }
+            Some(Vsock::VhostUser { socket }) => push(&[
+                "-chardev",
+                &format!("socket,id=vsock,path={}", opt_path("vsock socket", socket)?),
+                "-device",
+                &format!("{},chardev=vsock", m.device("vhost-user-vsock")),
+            ]),
+            None => {}
+        }
+        let mut tags = HashSet::new();
+        for (i, s) in self.shares.iter().enumerate() {
+            if !tags.insert(s.tag.as_str()) {
+                return Err(ConfigError::DuplicateTag(s.tag.clone()));
+            }
+            push(&[
+                "-chardev",
+                &format!(
+                    "socket,id=fs{i},path={}",
+                    opt_path("virtio-fs socket", &s.socket)?
+                ),
+                "-device",
+                &format!(
+                    "{},chardev=fs{i},tag={}",
+                    m.device("vhost-user-fs"),
+                    plain("virtio-fs tag", &s.tag)?
+                ),
+            ]);
+        }
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crate::*;
+
+    fn sample(machine: Machine) -> VmConfig {
+        VmConfig {
+            accel: Accel::Tcg,
+            machine,
+            cpus: 2,
+            memory_mib: 512,
+            kernel: "/rt/vmlinuz".into(),
+            initrd: "/rt/initramfs.cpio.gz".into(),
+            cmdline: "console=ttyS0 quiet panic=-1".into(),
+            disks: vec![Disk {
+                path: "/cache/img,1.gvmi".into(),
+                serial: "image".into(),
+                read_only: true,
+            }],
+            vsock: Some(Vsock::VhostUser {
+                socket: "/run/a/vsock.sock".into(),
+            }),
+            shares: vec![
+                FsShare {
+                    socket: "/run/a/fs0.sock".into(),
+                    tag: "vol0".into(),
+                },
+                FsShare {
+                    socket: "/run/a/fs1.sock".into(),
+                    tag: "vol1".into(),
+                },
+            ],
+            console_log: Some("/run/a/console.log".into()),
+        }
+    }
+
+    fn joined(c: &VmConfig) -> String {
+        c.to_args().unwrap().join(" ")
+    }
+
+    #[test]
+    fn golden_q35() {
+        assert_eq!(
+            joined(&sample(Machine::Q35)),
+            "-accel tcg -M q35 -cpu max -smp 2 -m 512M \
+             -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+             -nodefaults -no-user-config -no-reboot -display none \
+             -serial file:/run/a/console.log \
+             -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
+             -drive file=/cache/img,,1.gvmi,if=none,id=disk0,format=raw,readonly=on \
+             -device virtio-blk-pci,drive=disk0,serial=image \
+             -chardev socket,id=vsock,path=/run/a/vsock.sock -device vhost-user-vsock-pci,chardev=vsock \
+             -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-pci,chardev=fs0,tag=vol0 \
+             -chardev socket,id=fs1,path=/run/a/fs1.sock -device vhost-user-fs-pci,chardev=fs1,tag=vol1"
+        );
+    }
+
+    #[test]
+    fn golden_microvm_with_kernel_vsock() {
+        let mut c = sample(Machine::Microvm);
+        c.accel = Accel::Kvm;
+        c.vsock = Some(Vsock::Kernel { cid: 7 });
+        c.shares.truncate(1);
+        c.console_log = None;
+        c.disks[0].read_only = false;
+        c.disks[0].path = PathBuf::from("/d.img");
+        assert_eq!(
+            joined(&c),
+            "-accel kvm -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
+             -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+             -nodefaults -no-user-config -no-reboot -display none -serial none \
+             -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
+             -drive file=/d.img,if=none,id=disk0,format=raw -device virtio-blk-device,drive=disk0,serial=image \
+             -device vhost-vsock-device,guest-cid=7 \
+             -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0"
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let mut c = sample(Machine::Q35);
+        c.cpus = 0;
+        assert_eq!(c.to_args(), Err(ConfigError::NoCpus));
+        let mut c = sample(Machine::Q35);
+        c.memory_mib = 32;
+        assert_eq!(c.to_args(), Err(ConfigError::TooLittleMemory(32)));
+        let mut c = sample(Machine::Q35);
+        c.shares[1].tag = "vol0".into();
+        assert_eq!(c.to_args(), Err(ConfigError::DuplicateTag("vol0".into())));
+        let mut c = sample(Machine::Q35);
+        c.shares[0].tag = "a,b".into();
+        assert!(matches!(c.to_args(), Err(ConfigError::BadValue { .. })));
+        let mut c = sample(Machine::Q35);
+        c.vsock = Some(Vsock::Kernel { cid: 2 });
+        assert_eq!(c.to_args(), Err(ConfigError::ReservedCid(2)));
+        let mut c = sample(Machine::Q35);
+        c.cmdline = "a\nb".into();
+        assert!(matches!(c.to_args(), Err(ConfigError::BadValue { .. })));
+    }
+}
