@@ -36,6 +36,14 @@ pub struct Cli {
     /// Where downloaded packages are cached (default: $XDG_CACHE_HOME/ya-runtime-vm).
     #[arg(long, global = true, env = image_loader::cache::CACHE_DIR_ENV)]
     pub cache_dir: Option<PathBuf>,
+    /// Accelerator: auto (KVM where it works, else TCG), kvm, or tcg.
+    #[arg(
+        long,
+        global = true,
+        env = "YA_RUNTIME_VM_ACCEL",
+        default_value = "auto"
+    )]
+    pub accel: qemu_config::AccelRequest,
     /// Directory with the guest kernel and initramfs (default: `runtime/` beside this binary).
     #[arg(long, global = true, env = crate::runtime_dir::RUNTIME_DIR_ENV)]
     pub runtime_dir: Option<PathBuf>,

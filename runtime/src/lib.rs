@@ -5,8 +5,11 @@
 //! image, the volume directories and a [`deployment`] record; `start` and `run` boot it (later
 //! issues). Logs go to stderr; stdout carries only what the exe-unit reads.
 
+pub mod agent_client;
 pub mod cli;
 pub mod deploy;
 pub mod deployment;
+pub mod run;
 pub mod runtime_dir;
+pub mod vm;
 pub mod volumes;

@@ -7,9 +7,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Parser;
 
+use qemu_config::{choose_accel, Accel, AccelRequest, HostProbe};
 use ya_runtime_vm::cli::{Cli, Command};
 use ya_runtime_vm::deploy::{self, DeployRequest};
-use ya_runtime_vm::deployment::Resources;
+use ya_runtime_vm::deployment::{Resources, DEPLOYMENT_FILE};
+use ya_runtime_vm::runtime_dir::RuntimeDir;
+use ya_runtime_vm::vm::VmOptions;
 
 /// Environment variable with a `tracing` filter for the runtime's logs (default `info`).
 const LOG_ENV: &str = "YA_RUNTIME_VM_LOG";
@@ -45,7 +48,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ya-runtime-vm: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
@@ -60,46 +63,73 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
+    if let Some(v) = cli.volume_override.as_deref() {
+        if !matches!(v.trim(), "" | "{}" | "[]") {
+            bail!("--volume-override is not implemented yet");
+        }
+    }
+    Ok(DeployRequest {
+        workdir: cli.workdir.clone().context("--workdir is required")?,
+        package: cli
+            .task_package
+            .clone()
+            .context("--task-package is required")?,
+        cache_dir: match cli.cache_dir.clone() {
+            Some(d) => d,
+            None => image_loader::Cache::default_root()
+                .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?,
+        },
+        resources: Resources {
+            cpu_cores: cli.cpu_cores,
+            mem_gib: cli.mem_gib,
+            storage_gib: cli.storage_gib,
+        },
+        hostname: cli.hostname.clone(),
+    })
+}
+
+fn vm_options(cli: &Cli) -> anyhow::Result<VmOptions> {
+    let runtime_dir = RuntimeDir::locate(cli.runtime_dir.as_deref())?;
+    let choice = choose_accel(cli.accel, HostProbe::probe()).map_err(anyhow::Error::msg)?;
+    if choice.accel == Accel::Tcg && cli.accel != AccelRequest::Tcg {
+        tracing::warn!("{}", choice.reason);
+    } else {
+        tracing::debug!("{}", choice.reason);
+    }
+    Ok(VmOptions {
+        runtime_dir,
+        accel: choice.accel,
+    })
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Deploy { args } => {
             if !args.is_empty() {
                 bail!("deploy takes no arguments after '--', got {args:?}");
             }
-            if let Some(v) = cli.volume_override.as_deref() {
-                if !matches!(v.trim(), "" | "{}" | "[]") {
-                    bail!("--volume-override is not implemented yet");
-                }
-            }
-            let request = DeployRequest {
-                workdir: cli.workdir.clone().context("deploy needs --workdir")?,
-                package: cli
-                    .task_package
-                    .clone()
-                    .context("deploy needs --task-package")?,
-                cache_dir: match cli.cache_dir.clone() {
-                    Some(d) => d,
-                    None => image_loader::Cache::default_root()
-                        .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?,
-                },
-                resources: Resources {
-                    cpu_cores: cli.cpu_cores,
-                    mem_gib: cli.mem_gib,
-                    storage_gib: cli.storage_gib,
-                },
-                hostname: cli.hostname.clone(),
-            };
-            let result = deploy::deploy(&request).await?;
+            let result = deploy::deploy(&deploy_request(&cli)?).await?;
             let json = serde_json::to_string(&result).context("cannot encode the deploy result")?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{json}")
                 .and_then(|()| out.flush())
                 .context("cannot write the deploy result to stdout")?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { entrypoint, args } => {
+            let workdir = cli.workdir.clone().context("--workdir is required")?;
+            if !workdir.join(DEPLOYMENT_FILE).exists() {
+                deploy::deploy(&deploy_request(&cli)?).await?;
+            }
+            let opts = vm_options(&cli)?;
+            let code = ya_runtime_vm::run::run(&workdir, &opts, entrypoint, args).await?;
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
         }
         other => bail!("{} is not implemented yet", other.name()),
     }

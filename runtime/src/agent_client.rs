@@ -1,0 +1,192 @@
+//! The host side of the agent protocol: connects through vhost-device-vsock's unix socket
+//! (hybrid vsock: `CONNECT <port>\n` → `OK <port>\n`), sends requests, matches responses by id,
+//! and hands notifications to one bounded channel — when its reader falls behind, the socket is
+//! not read, and the guest stops reading process output (backpressure end to end).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_protocol::{
+    encode, request, response, DecodeError, Frame, FrameDecoder, Notification, Request, AGENT_PORT,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// Notifications held before the reader stops reading the socket.
+const NOTIFICATION_QUEUE: usize = 64;
+/// Longest line of the hybrid-vsock handshake.
+const MAX_HANDSHAKE_LINE: usize = 64;
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The agent did not accept a connection in time.
+    #[error("the guest agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke.
+    #[error("connection to the guest agent lost: {0}")]
+    Disconnected(String),
+    /// The guest sent bytes that are not the protocol.
+    #[error("the guest agent broke the protocol: {0}")]
+    Protocol(#[from] DecodeError),
+    /// A request that cannot be framed.
+    #[error("request too large: {0}")]
+    Encode(#[from] agent_protocol::EncodeError),
+}
+
+/// Waiters by request id; `None` once the connection is gone (waiters then fail at once).
+/// The agent's notification stream (process output and exits).
+pub type Notes = mpsc::Receiver<Notification>;
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<response::Body>>>>>;
+
+/// A connected agent.
+pub struct AgentClient {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentClient {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// One hybrid-vsock connection attempt.
+async fn handshake(uds: &Path) -> std::io::Result<UnixStream> {
+    let mut s = UnixStream::connect(uds).await?;
+    s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
+        .await?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < MAX_HANDSHAKE_LINE {
+        if s.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::ConnectionReset.into());
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    if line.starts_with(b"OK ") {
+        Ok(s)
+    } else {
+        Err(std::io::Error::other("handshake refused"))
+    }
+}
+
+impl AgentClient {
+    /// Connects, retrying until the guest listens or `limit` passes; `alive` is asked between
+    /// attempts and ends the wait early (with its error) when the VM died.
+    pub async fn connect(
+        uds: &Path,
+        limit: Duration,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<(Self, Notes), AgentError> {
+        let start = Instant::now();
+        let stream = loop {
+            alive().map_err(AgentError::Disconnected)?;
+            match tokio::time::timeout(Duration::from_secs(2), handshake(uds)).await {
+                Ok(Ok(s)) => break s,
+                _ if start.elapsed() >= limit => return Err(AgentError::Timeout(limit)),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (mut rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (tx, rx) = mpsc::channel(NOTIFICATION_QUEUE);
+        let p = pending.clone();
+        let reader = tokio::spawn(async move {
+            read_loop(&mut rd, &p, tx).await;
+            // Fail every waiter: nothing will answer them now.
+            if let Ok(mut m) = p.lock() {
+                *m = None;
+            }
+        });
+        Ok((
+            Self {
+                writer: tokio::sync::Mutex::new(wr),
+                pending,
+                next_id: AtomicU64::new(1),
+                reader,
+            },
+            rx,
+        ))
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn request(&self, body: request::Body) -> Result<response::Body, AgentError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = encode(&Frame::Request(id, Request { body: Some(body) }))?;
+        let (tx, rx) = oneshot::channel();
+        match self.pending.lock().ok().as_mut().and_then(|m| m.as_mut()) {
+            Some(m) => {
+                m.insert(id, tx);
+            }
+            None => return Err(AgentError::Disconnected("the connection is closed".into())),
+        }
+        self.writer
+            .lock()
+            .await
+            .write_all(&bytes)
+            .await
+            .map_err(|e| AgentError::Disconnected(e.to_string()))?;
+        rx.await
+            .map_err(|_| AgentError::Disconnected("the connection closed before the answer".into()))
+    }
+}
+
+/// Reads frames until the connection ends: responses to their waiters, notifications to `tx`.
+async fn read_loop(
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    pending: &Pending,
+    tx: mpsc::Sender<Notification>,
+) {
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(Frame::Response(id, r))) => {
+                    let waiter = pending
+                        .lock()
+                        .ok()
+                        .and_then(|mut m| m.as_mut().and_then(|m| m.remove(&id)));
+                    if let (Some(w), Some(body)) = (waiter, r.body) {
+                        let _ = w.send(body);
+                    }
+                }
+                Ok(Some(Frame::Notification(n))) => {
+                    if tx.send(n).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Frame::Request(..))) => {
+                    tracing::warn!("the guest sent a request frame; ignored");
+                }
+                Ok(None) => break,
+                Err(e) if e.is_recoverable() => {
+                    tracing::warn!("skipping a bad frame from the guest: {e}")
+                }
+                Err(e) => {
+                    tracing::error!("the guest agent broke the protocol: {e}");
+                    return;
+                }
+            }
+        }
+        let want = buf.len().min(decoder.room());
+        match rd.read(&mut buf[..want]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                decoder.feed(&buf[..n]);
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! One running VM: the helper daemons (vhost-device-vsock, one virtiofsd per volume), QEMU, and
+//! the agent connection, started in that order and torn down together. Every child gets
+//! `PR_SET_PDEATHSIG`, so none outlives the runtime even when it is SIGKILLed.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use agent_protocol::{request, response, Empty, MountVolume};
+use anyhow::{bail, Context};
+use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
+use tokio::process::{Child, Command};
+
+use crate::agent_client::{AgentClient, Notes};
+use crate::deployment::Deployment;
+use crate::runtime_dir::RuntimeDir;
+
+/// How long the guest may take from QEMU's start to the agent answering.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long QEMU gets to power off after the shutdown request.
+const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a helper gets to create its socket.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Console lines quoted in boot errors.
+const CONSOLE_TAIL: usize = 15;
+
+/// What to boot with.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Kernel and initramfs.
+    pub runtime_dir: RuntimeDir,
+    /// The accelerator.
+    pub accel: Accel,
+}
+
+/// A booted VM with a connected agent.
+pub struct RunningVm {
+    run_dir: tempfile::TempDir,
+    helpers: Vec<(&'static str, Child)>,
+    qemu: Child,
+    /// The agent.
+    pub agent: AgentClient,
+    /// Output and exit notifications.
+    pub notes: Notes,
+}
+
+/// A helper binary: beside the kernel in the runtime dir, else on `PATH`.
+fn find_tool(name: &str, runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+    let local = runtime_dir.join(name);
+    if local.is_file() {
+        return Ok(local);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!(
+                "{name} not found in {} or PATH (scripts/setup.sh builds it)",
+                runtime_dir.display()
+            )
+        })
+}
+
+/// Spawns `cmd` so that it dies with this process.
+fn spawn_tied(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                // The runtime died before the prctl took effect.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    cmd.kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {what}"))
+}
+
+async fn wait_socket(
+    path: &Path,
+    helper: &mut Child,
+    name: &str,
+    log: &Path,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        if let Some(status) = helper.try_wait()? {
+            bail!(
+                "{name} exited ({status}) before creating its socket: {}",
+                tail(log, 3)
+            );
+        }
+        if start.elapsed() > SOCKET_TIMEOUT {
+            bail!(
+                "{name} did not create {} within {SOCKET_TIMEOUT:?}",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// The last `n` non-empty lines of a file, on one line.
+fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let from = lines.len().saturating_sub(n);
+    if lines.is_empty() {
+        "(no output)".into()
+    } else {
+        lines[from..].join(" | ")
+    }
+}
+
+impl RunningVm {
+    /// Boots the deployment's image and mounts its volumes.
+    pub async fn start(d: &Deployment, workdir: &Path, opts: &VmOptions) -> anyhow::Result<Self> {
+        // Unix socket paths are limited to 108 bytes: keep them short, outside the workdir.
+        let run_dir = tempfile::Builder::new()
+            .prefix("yrv-")
+            .tempdir()
+            .context("cannot create the VM's runtime directory")?;
+        let rd = run_dir.path().to_path_buf();
+        let mut helpers: Vec<(&'static str, Child)> = Vec::new();
+
+        let vsock_bin = find_tool("vhost-device-vsock", &opts.runtime_dir.dir)?;
+        let (vsock_sock, uds) = (rd.join("vsock.sock"), rd.join("vm.vsock"));
+        let vsock_log = rd.join("vsock.log");
+        let mut vsock = spawn_tied(
+            Command::new(vsock_bin)
+                .args(["--guest-cid", "3", "--socket"])
+                .arg(&vsock_sock)
+                .arg("--uds-path")
+                .arg(&uds)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&vsock_log)?),
+            "vhost-device-vsock",
+        )?;
+        wait_socket(&vsock_sock, &mut vsock, "vhost-device-vsock", &vsock_log).await?;
+        helpers.push(("vhost-device-vsock", vsock));
+
+        let mut shares = Vec::new();
+        if !d.volumes.is_empty() {
+            let fsd = find_tool("virtiofsd", &opts.runtime_dir.dir)?;
+            for (i, v) in d.volumes.iter().enumerate() {
+                let sock = rd.join(format!("fs{i}.sock"));
+                let log = rd.join(format!("virtiofsd{i}.log"));
+                let dir = workdir.join(&v.name);
+                let mut child = spawn_tied(
+                    Command::new(&fsd)
+                        .arg(format!("--socket-path={}", sock.display()))
+                        .arg(format!("--shared-dir={}", dir.display()))
+                        .args(["--sandbox", "none", "--cache", "auto"])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(&log)?),
+                    "virtiofsd",
+                )?;
+                wait_socket(&sock, &mut child, "virtiofsd", &log).await?;
+                helpers.push(("virtiofsd", child));
+                shares.push(FsShare {
+                    socket: sock,
+                    tag: format!("vol{i}"),
+                });
+            }
+        }
+
+        let console = rd.join("console.log");
+        let memory_mib = (d.resources.mem_gib * 1024.0).round() as u64;
+        let config = VmConfig {
+            accel: opts.accel,
+            machine: Machine::Q35,
+            cpus: d.resources.cpu_cores,
+            memory_mib,
+            kernel: opts.runtime_dir.kernel.clone(),
+            initrd: opts.runtime_dir.initramfs.clone(),
+            cmdline: format!("console=ttyS0 quiet panic=-1 yarv.hostname={}", d.hostname),
+            disks: vec![Disk {
+                path: d.image.path.clone(),
+                serial: "image".into(),
+                read_only: true,
+            }],
+            vsock: Some(Vsock::VhostUser { socket: vsock_sock }),
+            shares,
+            console_log: Some(console.clone()),
+        };
+        let qemu_log = rd.join("qemu.log");
+        let mut qemu = spawn_tied(
+            Command::new("qemu-system-x86_64")
+                .args(config.to_args()?)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&qemu_log)?),
+            "qemu-system-x86_64",
+        )?;
+        tracing::debug!(
+            "QEMU started: {} vCPU, {memory_mib} MiB, {}",
+            config.cpus,
+            config.accel
+        );
+
+        let connected = AgentClient::connect(&uds, BOOT_TIMEOUT, || match qemu.try_wait() {
+            Ok(Some(status)) => Err(format!("QEMU exited ({status}): {}", tail(&qemu_log, 3))),
+            _ => Ok(()),
+        })
+        .await;
+        let (agent, notes) = match connected {
+            Ok(c) => c,
+            Err(e) => bail!(
+                "the VM did not start: {e}; console: {}",
+                tail(&console, CONSOLE_TAIL)
+            ),
+        };
+        match agent
+            .request(request::Body::Hello(agent_protocol::Hello {
+                version: agent_protocol::VERSION as u32,
+            }))
+            .await?
+        {
+            response::Body::Hello(h) if h.version == u32::from(agent_protocol::VERSION) => {}
+            other => bail!("the guest agent speaks another protocol: {other:?}"),
+        }
+        let vm = Self {
+            run_dir,
+            helpers,
+            qemu,
+            agent,
+            notes,
+        };
+        for (i, v) in d.volumes.iter().enumerate() {
+            let r = vm
+                .agent
+                .request(request::Body::Mount(MountVolume {
+                    tag: format!("vol{i}"),
+                    path: v.path.clone(),
+                }))
+                .await?;
+            if let response::Body::Error(e) = r {
+                bail!(
+                    "cannot mount volume {} at {}: {}",
+                    v.name,
+                    v.path,
+                    e.message
+                );
+            }
+        }
+        Ok(vm)
+    }
+
+    /// The guest console so far, last lines on one line.
+    pub fn console_tail(&self) -> String {
+        tail(&self.run_dir.path().join("console.log"), CONSOLE_TAIL)
+    }
+
+    /// Asks the guest to power off, waits for QEMU, and stops the helpers.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let answered = tokio::time::timeout(
+            POWER_OFF_TIMEOUT,
+            self.agent.request(request::Body::Shutdown(Empty {})),
+        )
+        .await;
+        let exited = match answered {
+            Ok(Ok(_)) => tokio::time::timeout(POWER_OFF_TIMEOUT, self.qemu.wait())
+                .await
+                .ok(),
+            _ => None,
+        };
+        if exited.is_none() {
+            tracing::warn!("the guest did not power off in time; killing QEMU");
+            let _ = self.qemu.kill().await;
+        }
+        for (name, mut h) in self.helpers.drain(..) {
+            if let Err(e) = h.kill().await {
+                tracing::debug!("stopping {name}: {e}");
+            }
+        }
+        Ok(())
+    }
+}

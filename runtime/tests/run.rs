@@ -1,0 +1,167 @@
+//! `ya-runtime-vm run` end to end: the binary deploys the sample image, boots a real VM (TCG),
+//! runs one command, passes its output through, exits with its code, and leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ya-runtime-vm");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+impl Env {
+    /// A private copy of the sample image, so that every process of this test names this dir.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = repo().join("target/images/sample.gvmi");
+        assert!(
+            sample.exists(),
+            "run scripts/build-sample-image.sh (scripts/test.sh does)"
+        );
+        let image = dir.path().join("sample.gvmi");
+        std::fs::copy(&sample, &image).unwrap();
+        Self { dir, image }
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn command(&self, extra: &[&str]) -> std::process::Command {
+        let mut path = std::ffi::OsString::from(repo().join(".tools/bin"));
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        let mut c = std::process::Command::new(BIN);
+        c.arg("--workdir")
+            .arg(self.workdir())
+            .arg("--task-package")
+            .arg(&self.image)
+            .args(extra)
+            .env("PATH", path)
+            .env("YA_RUNTIME_VM_ACCEL", "tcg");
+        c
+    }
+
+    fn run(&self, extra: &[&str], argv: &[&str]) -> Output {
+        self.command(extra)
+            .args(["run", "--entrypoint", argv[0], "--"])
+            .args(&argv[1..])
+            .output()
+            .unwrap()
+    }
+
+    /// Processes whose command line mentions this test's directory.
+    fn leftovers(&self) -> Vec<String> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains(&needle) && !cmd.contains("run.rs") {
+                    found.push(cmd);
+                }
+            }
+        }
+        found
+    }
+}
+
+#[test]
+fn runs_one_command_with_the_images_config() {
+    let env = Env::new();
+    let out = env.run(
+        &["--hostname", "runner"],
+        &[
+            "/bin/sh",
+            "-c",
+            "printf 'a\\0b'; echo; pwd; uname -n; echo $GOLEM_SAMPLE; echo oops >&2; exit 7",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "a\0b\n/golem/work\nrunner\n1\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oops\n"));
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn volumes_carry_files_both_ways_and_state_is_per_run() {
+    let env = Env::new();
+    // The first run deploys; find the input volume's host dir from the deployment record.
+    let out = env.run(&[], &["/bin/true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.workdir().join("deployment.json")).unwrap())
+            .unwrap();
+    let vol = |path: &str| {
+        let v = record["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["path"] == path)
+            .unwrap();
+        env.workdir().join(v["name"].as_str().unwrap())
+    };
+    std::fs::write(vol("/golem/input").join("in.txt"), "from the host\n").unwrap();
+    let out = env.run(
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "tr a-z A-Z < /golem/input/in.txt > /golem/output/out.txt",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol("/golem/output").join("out.txt")).unwrap(),
+        "FROM THE HOST\n"
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn failures_are_one_clear_line() {
+    let env = Env::new();
+    let out = env.run(&[], &["/bin/no-such-program"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default().to_string();
+    assert_eq!(
+        last,
+        "ya-runtime-vm: exec /bin/no-such-program: No such file or directory"
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+
+    // A runtime dir without a kernel.
+    let empty = env.dir.path().join("empty-runtime");
+    std::fs::create_dir(&empty).unwrap();
+    let out = env.run(&["--runtime-dir", empty.to_str().unwrap()], &["/bin/true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("no guest kernel"),
+        "{err}"
+    );
+}
