@@ -18,7 +18,10 @@ pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest, HostProbe};
 pub enum Machine {
     /// PC with PCIe (`-M q35`): virtio devices on PCI, ACPI power-off.
     Q35,
-    /// Firecracker-like minimal machine (`-M microvm`): virtio-mmio devices, faster boot.
+    /// Firecracker-like minimal machine (`-M microvm`): virtio-mmio devices, faster boot. Under
+    /// TCG on a loaded host the guest kernel can hang calibrating the TSC (no HPET or PM timer):
+    /// pass `tsc_early_khz=<host TSC kHz>` on its command line, and `reboot=t` so that a panic
+    /// ends QEMU instead of rebooting the guest.
     Microvm,
 }
 

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 pub const RUNTIME_DIR_ENV: &str = "YA_RUNTIME_VM_RUNTIME_DIR";
 /// Initramfs file names, in order of preference.
 const INITRAMFS_NAMES: [&str; 4] = [
+    "initramfs.cpio",
     "initramfs.cpio.gz",
     "initramfs.cpio.lz4",
     "initramfs.cpio.zst",
-    "initramfs.cpio",
 ];
 
 /// A checked runtime directory.
@@ -95,7 +95,7 @@ mod tests {
         std::fs::write(d.path().join("initramfs.cpio"), b"i").unwrap();
         std::fs::write(d.path().join("initramfs.cpio.gz"), b"i").unwrap();
         let r = RuntimeDir::locate(Some(d.path())).unwrap();
-        assert_eq!(r.initramfs, d.path().join("initramfs.cpio.gz"));
+        assert_eq!(r.initramfs, d.path().join("initramfs.cpio"));
         assert_eq!(r.kernel, d.path().join("vmlinuz"));
     }
 

@@ -270,13 +270,6 @@ async fn usage_errors_and_unimplemented_subcommands() {
             .unwrap();
         assert_clean_failure(&out, "not implemented yet");
     }
-    let out = env
-        .command(&wd, img.to_str().unwrap(), &[])
-        .args(["run", "--entrypoint", "/bin/true"])
-        .output()
-        .await
-        .unwrap();
-    assert_clean_failure(&out, "not implemented yet");
     let out = tokio::process::Command::new(BIN)
         .args(["--workdir", wd.to_str().unwrap(), "deploy"])
         .output()
