@@ -44,6 +44,17 @@ fn main() {
 
     let mut vm = Vm::boot(&a);
     let mut agent = vm.connect(Duration::from_secs(120));
+    let mut hello = Vec::with_capacity(trips);
+    for _ in 0..trips {
+        let start = Instant::now();
+        agent
+            .request(agent_protocol::request::Body::Hello(
+                agent_protocol::Hello { version: 1 },
+            ))
+            .expect("hello");
+        hello.push(start.elapsed());
+    }
+    hello.sort();
     let mut rtt = Vec::with_capacity(trips);
     for _ in 0..trips {
         let start = Instant::now();
@@ -74,6 +85,11 @@ fn main() {
         "  /bin/true round trip over {trips} runs           p50 {:6.2} ms  p95 {:6.2} ms",
         ms(percentile(&rtt, 0.5)),
         ms(percentile(&rtt, 0.95))
+    );
+    println!(
+        "  hello round trip (transport alone)           p50 {:6.2} ms  p95 {:6.2} ms",
+        ms(percentile(&hello, 0.5)),
+        ms(percentile(&hello, 0.95))
     );
     println!(
         "  upstream 0.5.2 warm /bin/true here: 11.6 ms  → ratio p50 / upstream {:.2}",
