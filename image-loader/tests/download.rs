@@ -23,6 +23,21 @@ fn pinned(server: &Server, path: &str, hex: &str) -> PackageRef {
     PackageRef::parse(&format!("hash:sha3:{hex}:{}", server.url(path))).unwrap()
 }
 
+/// Fetches `path` pinned to the digest of `data` into a new cache; keeps the cache alive.
+async fn fetch_pinned_fresh(
+    server: &Server,
+    path: &str,
+    data: &[u8],
+) -> (tempfile::TempDir, image_loader::LocalPackage) {
+    let cache = tempfile::tempdir().unwrap();
+    let got = Loader::new(cache.path())
+        .unwrap()
+        .fetch(&pinned(server, path, &sha3_hex(data)))
+        .await
+        .unwrap();
+    (cache, got)
+}
+
 fn files_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -88,12 +103,7 @@ async fn dropped_connection_is_resumed_with_range() {
         times: 2,
     });
     server.put("/img.gvmi", res);
-    let cache = tempfile::tempdir().unwrap();
-    let loader = Loader::new(cache.path()).unwrap();
-    let got = loader
-        .fetch(&pinned(&server, "/img.gvmi", &sha3_hex(&data)))
-        .await
-        .unwrap();
+    let (_cache, got) = fetch_pinned_fresh(&server, "/img.gvmi", &data).await;
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
     let stats = server.stats("/img.gvmi");
     assert_eq!(stats.requests, 3, "{stats:?}");
@@ -113,12 +123,7 @@ async fn server_without_ranges_restarts_from_zero() {
         times: 1,
     });
     server.put("/img.gvmi", res);
-    let cache = tempfile::tempdir().unwrap();
-    let loader = Loader::new(cache.path()).unwrap();
-    let got = loader
-        .fetch(&pinned(&server, "/img.gvmi", &sha3_hex(&data)))
-        .await
-        .unwrap();
+    let (_cache, got) = fetch_pinned_fresh(&server, "/img.gvmi", &data).await;
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
     assert_eq!(server.stats("/img.gvmi").requests, 2);
 }

@@ -49,6 +49,25 @@ impl Machine {
     }
 }
 
+/// A vhost-user device: the chardev to its daemon's socket, and the device on it.
+fn vhost_user(
+    m: Machine,
+    id: &str,
+    device: &str,
+    socket: &Path,
+    extra: &str,
+) -> Result<[String; 4], ConfigError> {
+    Ok([
+        "-chardev".into(),
+        format!(
+            "socket,id={id},path={}",
+            opt_path("vhost-user socket", socket)?
+        ),
+        "-device".into(),
+        format!("{},chardev={id}{extra}", m.device(device)),
+    ])
+}
+
 impl VmConfig {
     /// QEMU's argv (without the program name).
     pub fn to_args(&self) -> Result<Vec<String>, ConfigError> {
@@ -124,12 +143,10 @@ impl VmConfig {
                     &format!("{},guest-cid={cid}", m.device("vhost-vsock")),
                 ]);
             }
-            Some(Vsock::VhostUser { socket }) => push(&[
-                "-chardev",
-                &format!("socket,id=vsock,path={}", opt_path("vsock socket", socket)?),
-                "-device",
-                &format!("{},chardev=vsock", m.device("vhost-user-vsock")),
-            ]),
+            Some(Vsock::VhostUser { socket }) => {
+                let dev = vhost_user(m, "vsock", "vhost-user-vsock", socket, "")?;
+                push(&dev.each_ref().map(String::as_str));
+            }
             None => {}
         }
         let mut tags = HashSet::new();
@@ -137,19 +154,9 @@ impl VmConfig {
             if !tags.insert(s.tag.as_str()) {
                 return Err(ConfigError::DuplicateTag(s.tag.clone()));
             }
-            push(&[
-                "-chardev",
-                &format!(
-                    "socket,id=fs{i},path={}",
-                    opt_path("virtio-fs socket", &s.socket)?
-                ),
-                "-device",
-                &format!(
-                    "{},chardev=fs{i},tag={}",
-                    m.device("vhost-user-fs"),
-                    plain("virtio-fs tag", &s.tag)?
-                ),
-            ]);
+            let tag = format!(",tag={}", plain("virtio-fs tag", &s.tag)?);
+            let dev = vhost_user(m, &format!("fs{i}"), "vhost-user-fs", &s.socket, &tag)?;
+            push(&dev.each_ref().map(String::as_str));
         }
         Ok(a)
     }
