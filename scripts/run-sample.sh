@@ -8,6 +8,7 @@ cd "$REPO_ROOT"
 
 bash scripts/setup.sh
 cargo build --quiet -p ya-runtime-vm
+bash scripts/build-runtime.sh >/dev/null
 image=$(bash scripts/build-sample-image.sh)
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/ya-runtime-vm-sample.XXXXXX")
 trap 'rm -rf "$workdir"' EXIT

@@ -1,4 +1,4 @@
-//! The agent: one event loop (poll) over the vsock listener, the host connection, the
+//! The agent: one event loop (poll) over the connection to the host (made by the guest), the
 //! SIGCHLD signalfd, and every process's pipes.
 //!
 //! Backpressure: process output is read only while the queue towards the host holds less than
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,7 @@ use agent_protocol::{
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
-use nix::sys::socket::{
-    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
-};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 use nix::unistd::Pid;
 
 use crate::error::{Context, InitError, Result};
@@ -31,6 +29,8 @@ use crate::process::{self, pending_bytes, Proc, MAX_STDIN_BUFFER};
 
 /// Most bytes queued towards the host before process output stops being read.
 pub const OUT_LIMIT: usize = 1024 * 1024;
+/// Delay between attempts to reach the host.
+const CONNECT_RETRY: Duration = Duration::from_millis(50);
 /// How long processes get between SIGTERM and SIGKILL at shutdown.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,7 +51,6 @@ impl Conn {
 #[derive(Clone, Copy)]
 enum Slot {
     Signal,
-    Listener,
     Conn,
     Pipe(i32, usize),
     Stdin(i32),
@@ -59,9 +58,12 @@ enum Slot {
 
 /// The agent's state.
 pub struct Agent {
-    listener: OwnedFd,
     sigfd: SignalFd,
     conn: Option<Conn>,
+    /// When the next connection attempt may be made.
+    next_connect: Instant,
+    /// A failed attempt was logged (later ones are not).
+    warned: bool,
     procs: BTreeMap<i32, Proc>,
     root: PathBuf,
 }
@@ -94,40 +96,68 @@ fn error_response(e: &InitError) -> response::Body {
 }
 
 impl Agent {
-    /// Listens on the agent's vsock port.
-    pub fn new(sigfd: SignalFd, root: PathBuf) -> Result<Self> {
-        let listener = socket(
-            AddressFamily::Vsock,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .ctx(|| "vsock socket".into())?;
-        bind(
-            listener.as_raw_fd(),
-            &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT),
-        )
-        .ctx(|| format!("bind vsock port {AGENT_PORT}"))?;
-        listen(&listener, Backlog::new(4).unwrap_or(Backlog::MAXCONN)).ctx(|| "listen".into())?;
-        Ok(Self {
-            listener,
+    /// An agent that will connect to the host's vsock port [`AGENT_PORT`].
+    pub fn new(sigfd: SignalFd, root: PathBuf) -> Self {
+        Self {
             sigfd,
             conn: None,
+            next_connect: Instant::now(),
+            warned: false,
             procs: BTreeMap::new(),
             root,
-        })
+        }
+    }
+
+    /// Connects to the host when there is no connection and the retry delay has passed. The
+    /// guest calls the host, not the other way round: the host listens before the VM starts, so
+    /// there is no race with the guest's boot and no polling on the host side.
+    fn connect(&mut self) {
+        if self.conn.is_some() || Instant::now() < self.next_connect {
+            return;
+        }
+        self.next_connect = Instant::now() + CONNECT_RETRY;
+        let attempt = (|| {
+            let fd = socket(
+                AddressFamily::Vsock,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .ctx(|| "vsock socket".into())?;
+            connect(
+                fd.as_raw_fd(),
+                &VsockAddr::new(libc::VMADDR_CID_HOST, AGENT_PORT),
+            )
+            .ctx(|| format!("connect to the host's vsock port {AGENT_PORT}"))?;
+            process::set_nonblocking(fd.as_raw_fd())?;
+            Ok::<_, InitError>(fd)
+        })();
+        match attempt {
+            Ok(fd) => {
+                log!("connected to the host on vsock port {AGENT_PORT}");
+                self.conn = Some(Conn {
+                    fd,
+                    decoder: FrameDecoder::new(),
+                    out: Vec::new(),
+                    out_pos: 0,
+                });
+            }
+            Err(e) if !self.warned => {
+                log!("{e}; retrying every {CONNECT_RETRY:?}");
+                self.warned = true;
+            }
+            Err(_) => {}
+        }
     }
 
     /// Serves until a shutdown request; returns after answering it.
     pub fn run(&mut self) -> Result<()> {
         let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
         loop {
+            self.connect();
             let room = self.conn.as_ref().is_some_and(|c| c.queued() < OUT_LIMIT);
-            let mut slots = vec![Slot::Signal, Slot::Listener];
-            let mut pfds = vec![
-                pollfd(self.sigfd.as_raw_fd(), libc::POLLIN),
-                pollfd(self.listener.as_raw_fd(), libc::POLLIN),
-            ];
+            let mut slots = vec![Slot::Signal];
+            let mut pfds = vec![pollfd(self.sigfd.as_raw_fd(), libc::POLLIN)];
             if let Some(c) = &self.conn {
                 let mut ev = 0;
                 if c.decoder.room() > 0 && c.queued() < OUT_LIMIT {
@@ -156,7 +186,13 @@ impl Agent {
                     pfds.push(pollfd(s.as_raw_fd(), libc::POLLOUT));
                 }
             }
-            let timeout = if draining && room { 0 } else { -1 };
+            let timeout = if draining && room {
+                0
+            } else if self.conn.is_none() {
+                CONNECT_RETRY.as_millis() as i32
+            } else {
+                -1
+            };
             // SAFETY: pfds is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if n < 0 {
@@ -172,7 +208,6 @@ impl Agent {
                 }
                 match *slot {
                     Slot::Signal => self.reap(),
-                    Slot::Listener => self.accept(),
                     Slot::Conn => {
                         if pfd.revents & libc::POLLOUT != 0 {
                             self.flush();
@@ -189,28 +224,6 @@ impl Agent {
             }
             self.drain_exited(&mut buf);
             self.flush();
-        }
-    }
-
-    fn accept(&mut self) {
-        match accept4(
-            self.listener.as_raw_fd(),
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        ) {
-            Ok(fd) => {
-                if self.conn.is_some() {
-                    log!("a new host connection replaces the old one");
-                }
-                // SAFETY: accept4 returned a new descriptor that nothing else owns.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                self.conn = Some(Conn {
-                    fd,
-                    decoder: FrameDecoder::new(),
-                    out: Vec::new(),
-                    out_pos: 0,
-                });
-            }
-            Err(e) => log!("accept: {e}"),
         }
     }
 

@@ -2,8 +2,8 @@
 //!
 //! The guest side of the data flow: the kernel starts this static binary as PID 1 inside the VM.
 //! It mounts the kernel's file systems, loads the drivers, mounts the image's squashfs under an
-//! overlay whose upper layer is a tmpfs, and serves the agent protocol on vsock port
-//! [`agent_protocol::AGENT_PORT`]: processes run chrooted in the image root with their output
+//! overlay whose upper layer is a tmpfs, and serves the agent protocol over a vsock connection
+//! it makes to the host's port [`agent_protocol::AGENT_PORT`]: processes run chrooted in the image root with their output
 //! streamed to the host. As PID 1 it reaps every orphan, never exits, and powers the VM off on
 //! shutdown or on a fatal error (logged to the console, which the host keeps).
 
@@ -65,11 +65,7 @@ fn main() {
     if let Err(e) = boot::boot() {
         power_off(&format!("fatal: boot: {e}"));
     }
-    let mut agent = match agent::Agent::new(sigfd, PathBuf::from(boot::ROOT)) {
-        Ok(a) => a,
-        Err(e) => power_off(&format!("fatal: agent: {e}")),
-    };
-    log!("agent ready on vsock port {}", agent_protocol::AGENT_PORT);
+    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT));
     if let Err(e) = agent.run() {
         power_off(&format!("fatal: agent: {e}"));
     }

@@ -48,7 +48,8 @@ pub struct Proc {
     pub status: Option<i32>,
 }
 
-fn nonblocking(fd: RawFd) -> Result<()> {
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: RawFd) -> Result<()> {
     // SAFETY: fd is open for the duration of the call.
     let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let flags = fcntl(bfd, FcntlArg::F_GETFL).ctx(|| "fcntl F_GETFL".into())?;
@@ -145,10 +146,10 @@ pub fn spawn(root: &Path, req: &RunProcess) -> Result<Proc> {
     }
     let stdin = child.stdin.take().map(OwnedFd::from);
     for p in &pipes {
-        nonblocking(p.fd.as_raw_fd())?;
+        set_nonblocking(p.fd.as_raw_fd())?;
     }
     if let Some(s) = &stdin {
-        nonblocking(s.as_raw_fd())?;
+        set_nonblocking(s.as_raw_fd())?;
     }
     // The Child handle is dropped without waiting: the event loop reaps every child itself.
     drop(child);

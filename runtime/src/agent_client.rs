@@ -1,10 +1,10 @@
-//! The host side of the agent protocol: connects through vhost-device-vsock's unix socket
-//! (hybrid vsock: `CONNECT <port>\n` → `OK <port>\n`), sends requests, matches responses by id,
+//! The host side of the agent protocol: accepts the guest's connection, which vhost-device-vsock
+//! delivers to a unix socket beside its own (`<uds>_<port>`), sends requests, matches responses by id,
 //! and hands notifications to one bounded channel — when its reader falls behind, the socket is
 //! not read, and the guest stops reading process output (backpressure end to end).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,13 +14,11 @@ use agent_protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixStream;
+use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
 /// Notifications held before the reader stops reading the socket.
 const NOTIFICATION_QUEUE: usize = 64;
-/// Longest line of the hybrid-vsock handshake.
-const MAX_HANDSHAKE_LINE: usize = 64;
 
 /// What can go wrong talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -59,44 +57,35 @@ impl Drop for AgentClient {
     }
 }
 
-/// One hybrid-vsock connection attempt.
-async fn handshake(uds: &Path) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds).await?;
-    s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
-        .await?;
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < MAX_HANDSHAKE_LINE {
-        if s.read(&mut byte).await? == 0 {
-            return Err(std::io::ErrorKind::ConnectionReset.into());
-        }
-        if byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    if line.starts_with(b"OK ") {
-        Ok(s)
-    } else {
-        Err(std::io::Error::other("handshake refused"))
-    }
+/// Where vhost-device-vsock delivers the guest's connections to the agent port: the daemon's
+/// `--uds-path` with `_<port>` appended (the hybrid-vsock convention).
+pub fn guest_socket(uds: &Path) -> PathBuf {
+    let mut p = uds.as_os_str().to_owned();
+    p.push(format!("_{AGENT_PORT}"));
+    PathBuf::from(p)
 }
 
 impl AgentClient {
-    /// Connects, retrying until the guest listens or `limit` passes; `alive` is asked between
-    /// attempts and ends the wait early (with its error) when the VM died.
-    pub async fn connect(
-        uds: &Path,
+    /// Waits for the guest to connect to `listener` (bound at [`guest_socket`] before the VM
+    /// started), up to `limit`; `alive` is asked every 100 ms and ends the wait early (with its
+    /// error) when the VM died.
+    pub async fn accept(
+        listener: &UnixListener,
         limit: Duration,
         mut alive: impl FnMut() -> Result<(), String>,
     ) -> Result<(Self, Notes), AgentError> {
         let start = Instant::now();
         let stream = loop {
             alive().map_err(AgentError::Disconnected)?;
-            match tokio::time::timeout(Duration::from_secs(2), handshake(uds)).await {
-                Ok(Ok(s)) => break s,
-                _ if start.elapsed() >= limit => return Err(AgentError::Timeout(limit)),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            if let Ok(accepted) =
+                tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
+            {
+                break accepted
+                    .map_err(|e| AgentError::Disconnected(e.to_string()))?
+                    .0;
+            }
+            if start.elapsed() >= limit {
+                return Err(AgentError::Timeout(limit));
             }
         };
         let (mut rd, wr) = stream.into_split();

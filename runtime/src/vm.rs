@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
 use tokio::process::{Child, Command};
 
-use crate::agent_client::{AgentClient, Notes};
+use crate::agent_client::{guest_socket, AgentClient, Notes};
 use crate::deployment::Deployment;
 use crate::runtime_dir::RuntimeDir;
 
@@ -150,6 +150,9 @@ impl RunningVm {
         )?;
         wait_socket(&vsock_sock, &mut vsock, "vhost-device-vsock", &vsock_log).await?;
         helpers.push(("vhost-device-vsock", vsock));
+        // Listen before the guest exists: it connects to us as soon as its agent is up.
+        let listener = tokio::net::UnixListener::bind(guest_socket(&uds))
+            .context("cannot listen for the guest agent")?;
 
         let mut shares = Vec::new();
         if !d.volumes.is_empty() {
@@ -211,7 +214,7 @@ impl RunningVm {
             config.accel
         );
 
-        let connected = AgentClient::connect(&uds, BOOT_TIMEOUT, || match qemu.try_wait() {
+        let connected = AgentClient::accept(&listener, BOOT_TIMEOUT, || match qemu.try_wait() {
             Ok(Some(status)) => Err(format!("QEMU exited ({status}): {}", tail(&qemu_log, 3))),
             _ => Ok(()),
         })

@@ -3,11 +3,12 @@
 //! Harness for the end-to-end tests: boots the real guest (kernel and initramfs from the runtime
 //! directory that `scripts/build-runtime.sh` assembles, the sample image from
 //! `scripts/build-sample-image.sh`) under QEMU with vhost-device-vsock and virtiofsd, and talks to
-//! the agent through the vsock unix socket (hybrid vsock: `CONNECT <port>\n` → `OK <port>\n`).
+//! the agent, which connects to the host: vhost-device-vsock delivers the guest's connection to
+//! port P at `<uds-path>_P`, where the harness listens before QEMU starts.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -88,6 +89,8 @@ fn first_existing(dir: &Path, stem: &str) -> PathBuf {
 /// A running VM and its helpers; everything is killed on drop.
 pub struct Vm {
     dir: tempfile::TempDir,
+    /// Where the guest's agent connection arrives (bound before QEMU starts).
+    listener: UnixListener,
     helpers: Vec<Child>,
     qemu: Child,
     /// The host directory shared as virtio-fs tag `vol0`.
@@ -146,6 +149,12 @@ impl Vm {
         ));
         wait_for(&d.join("fs0.sock"), Duration::from_secs(10));
         wait_for(&d.join("vsock.sock"), Duration::from_secs(10));
+        // vhost-device-vsock delivers the guest's connection to port P at `<uds-path>_P`.
+        let listener =
+            UnixListener::bind(d.join(format!("vm.vsock_{AGENT_PORT}"))).expect("listen");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let qemu = spawn(
             Command::new("qemu-system-x86_64")
                 .args(qemu_args(a, d, &a.initramfs(), true))
@@ -154,6 +163,7 @@ impl Vm {
         );
         Self {
             dir,
+            listener,
             helpers,
             qemu,
             volume,
@@ -165,9 +175,8 @@ impl Vm {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
-    /// Connects to the agent, retrying until it listens or `limit` passes.
+    /// Waits for the agent's connection (the guest calls the host), up to `limit`.
     pub fn connect(&mut self, limit: Duration) -> Agent {
-        let uds = self.dir.path().join("vm.vsock");
         let start = Instant::now();
         loop {
             if let Some(status) = self.qemu.try_wait().ok().flatten() {
@@ -176,15 +185,23 @@ impl Vm {
                     self.console()
                 );
             }
-            if let Some(agent) = try_connect(&uds) {
-                return agent;
+            if let Ok((s, _)) = self.listener.accept() {
+                s.set_nonblocking(false).expect("blocking socket");
+                s.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                return Agent {
+                    stream: s,
+                    decoder: FrameDecoder::new(),
+                    next_id: 1,
+                    notes: VecDeque::new(),
+                };
             }
             assert!(
                 start.elapsed() < limit,
                 "agent not ready within {limit:?}; console:\n{}",
                 self.console()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -261,27 +278,6 @@ pub fn floor_boot(a: &Artifacts) -> Duration {
     let took = start.elapsed();
     assert!(status.success(), "floor boot failed: {status}");
     took
-}
-
-fn try_connect(uds: &Path) -> Option<Agent> {
-    let mut s = UnixStream::connect(uds).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(format!("CONNECT {AGENT_PORT}\n").as_bytes())
-        .ok()?;
-    let mut line = String::new();
-    let mut r = BufReader::new(s.try_clone().ok()?);
-    r.read_line(&mut line).ok()?;
-    if !line.starts_with("OK ") {
-        return None;
-    }
-    // The BufReader read only up to the newline: nothing else is sent before our first request.
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    Some(Agent {
-        stream: s,
-        decoder: FrameDecoder::new(),
-        next_id: 1,
-        notes: VecDeque::new(),
-    })
 }
 
 /// A client of the guest agent.
