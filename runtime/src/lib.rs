@@ -11,5 +11,6 @@ pub mod deploy;
 pub mod deployment;
 pub mod run;
 pub mod runtime_dir;
+pub mod start;
 pub mod vm;
 pub mod volumes;

@@ -47,7 +47,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A blocking read of stdin (the runtime API) may still be pending: do not wait for it.
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ya-runtime-vm: {}", format!("{e:#}").replace('\n', " "));
@@ -130,6 +133,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = vm_options(&cli)?;
             let code = ya_runtime_vm::run::run(&workdir, &opts, entrypoint, args).await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+        }
+        Command::Start { args } => {
+            if !args.is_empty() {
+                bail!("start arguments are not supported yet: {args:?}");
+            }
+            if cli.vpn_endpoint.is_some() || cli.inet_endpoint.is_some() {
+                bail!("networking (--vpn-endpoint, --inet-endpoint) is not supported yet");
+            }
+            let workdir = cli.workdir.clone().context("--workdir is required")?;
+            ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?).await?;
+            Ok(ExitCode::SUCCESS)
         }
         other => bail!("{} is not implemented yet", other.name()),
     }

@@ -7,6 +7,7 @@ use agent_protocol::{notification, request, response, RunProcess};
 use anyhow::{bail, Context};
 use tokio::io::AsyncWriteExt;
 
+use crate::agent_client::Notes;
 use crate::deployment::Deployment;
 use crate::vm::{RunningVm, VmOptions};
 
@@ -34,6 +35,15 @@ pub fn process_for(d: &Deployment, entrypoint: &str, args: &[String]) -> RunProc
     }
 }
 
+/// The exit code reported for a process: its own, or 128 + the signal that ended it.
+pub fn exit_code(e: &agent_protocol::Exited) -> i32 {
+    match (e.code, e.signal) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 1,
+    }
+}
+
 /// Runs one command in a fresh VM of the deployment in `workdir`; returns the exit code.
 pub async fn run(
     workdir: &Path,
@@ -42,8 +52,8 @@ pub async fn run(
     args: &[String],
 ) -> anyhow::Result<i32> {
     let d = Deployment::load(workdir)?;
-    let mut vm = RunningVm::start(&d, workdir, opts).await?;
-    let result = run_in(&mut vm, &d, entrypoint, args).await;
+    let (mut vm, mut notes) = RunningVm::start(&d, workdir, opts).await?;
+    let result = run_in(&vm, &mut notes, &d, entrypoint, args).await;
     let stopped = vm.shutdown().await;
     let code = result?;
     stopped?;
@@ -51,7 +61,8 @@ pub async fn run(
 }
 
 async fn run_in(
-    vm: &mut RunningVm,
+    vm: &RunningVm,
+    notes: &mut Notes,
     d: &Deployment,
     entrypoint: &str,
     args: &[String],
@@ -67,7 +78,7 @@ async fn run_in(
     };
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    while let Some(n) = vm.notes.recv().await {
+    while let Some(n) = notes.recv().await {
         match n.body {
             Some(notification::Body::Output(o)) if o.pid == pid => {
                 let out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) =
@@ -77,13 +88,7 @@ async fn run_in(
                     .context("writing the command's output")?;
                 out.flush().await.context("writing the command's output")?;
             }
-            Some(notification::Body::Exited(e)) if e.pid == pid => {
-                return Ok(match (e.code, e.signal) {
-                    (Some(c), _) => c,
-                    (None, Some(s)) => 128 + s,
-                    (None, None) => 1,
-                });
-            }
+            Some(notification::Body::Exited(e)) if e.pid == pid => return Ok(exit_code(&e)),
             _ => {}
         }
     }

@@ -40,8 +40,6 @@ pub struct RunningVm {
     qemu: Child,
     /// The agent.
     pub agent: AgentClient,
-    /// Output and exit notifications.
-    pub notes: Notes,
 }
 
 /// A helper binary: beside the kernel in the runtime dir, else on `PATH`.
@@ -124,8 +122,13 @@ fn tail(path: &Path, n: usize) -> String {
 }
 
 impl RunningVm {
-    /// Boots the deployment's image and mounts its volumes.
-    pub async fn start(d: &Deployment, workdir: &Path, opts: &VmOptions) -> anyhow::Result<Self> {
+    /// Boots the deployment's image and mounts its volumes. Returns the VM and the stream of the
+    /// agent's notifications (process output and exits).
+    pub async fn start(
+        d: &Deployment,
+        workdir: &Path,
+        opts: &VmOptions,
+    ) -> anyhow::Result<(Self, Notes)> {
         // Unix socket paths are limited to 108 bytes: keep them short, outside the workdir.
         let run_dir = tempfile::Builder::new()
             .prefix("yrv-")
@@ -240,7 +243,6 @@ impl RunningVm {
             helpers,
             qemu,
             agent,
-            notes,
         };
         for (i, v) in d.volumes.iter().enumerate() {
             let r = vm
@@ -259,7 +261,7 @@ impl RunningVm {
                 );
             }
         }
-        Ok(vm)
+        Ok((vm, notes))
     }
 
     /// The guest console so far, last lines on one line.
@@ -268,7 +270,7 @@ impl RunningVm {
     }
 
     /// Asks the guest to power off, waits for QEMU, and stops the helpers.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
         let answered = tokio::time::timeout(
             POWER_OFF_TIMEOUT,
             self.agent.request(request::Body::Shutdown(Empty {})),

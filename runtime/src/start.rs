@@ -1,0 +1,193 @@
+//! `start`: boot the deployment, then serve yagna's runtime API (ya-runtime-api 0.7.0, length-
+//! delimited protobuf on stdin/stdout) until Shutdown or the end of stdin. Process output and
+//! exits from the guest become `ProcessStatus` events, in order, with backpressure (the API's
+//! event channel holds one event; while it is full, the guest's output is not read).
+
+use std::path::Path;
+use std::rc::Rc;
+
+use agent_protocol::{notification, request, response, KillProcess as AgentKill, Notification};
+use futures_util::future::FutureExt;
+use tokio::sync::{Mutex, Notify};
+use ya_runtime_api::server::{
+    AsyncResponse, CreateNetwork, CreateNetworkResp, ErrorCode, ErrorResponse, KillProcess,
+    ProcessStatus, RunProcess, RunProcessResp, RuntimeHandler, RuntimeService,
+};
+
+use crate::agent_client::Notes;
+use crate::deployment::Deployment;
+use crate::run::{exit_code, process_for};
+use crate::vm::{RunningVm, VmOptions};
+
+/// How long the server may take to send the Shutdown response before the runtime exits.
+const RESPONSE_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The service behind the runtime API.
+struct Service {
+    vm: Rc<Mutex<Option<RunningVm>>>,
+    deployment: Deployment,
+    /// Told when Shutdown has powered the VM off.
+    stopped: Rc<Notify>,
+}
+
+fn error(code: ErrorCode, msg: impl std::fmt::Display) -> ErrorResponse {
+    let mut e = ErrorResponse::msg(msg);
+    e.set_code(code);
+    e
+}
+
+impl Service {
+    async fn ask(&self, body: request::Body) -> Result<response::Body, ErrorResponse> {
+        let guard = self.vm.lock().await;
+        let vm = guard
+            .as_ref()
+            .ok_or_else(|| error(ErrorCode::Internal, "the VM has been shut down"))?;
+        vm.agent
+            .request(body)
+            .await
+            .map_err(|e| error(ErrorCode::Internal, e))
+    }
+}
+
+impl RuntimeService for Service {
+    fn hello(&self, version: &str) -> AsyncResponse<'_, String> {
+        tracing::debug!("hello from the exe-unit (API {version})");
+        async { Ok(env!("CARGO_PKG_VERSION").to_string()) }.boxed_local()
+    }
+
+    fn run_process(&self, run: RunProcess) -> AsyncResponse<'_, RunProcessResp> {
+        async move {
+            if run.bin.is_empty() {
+                return Err(error(ErrorCode::BadRequest, "RunProcess has no bin"));
+            }
+            // `args` carries argv[0]; an empty list still runs the program under its own name.
+            let args = run.args.get(1..).unwrap_or_default();
+            let mut req = process_for(&self.deployment, &run.bin, args);
+            if let Some(a0) = run.args.first() {
+                req.argv[0] = a0.clone();
+            }
+            if !run.work_dir.is_empty() {
+                req.cwd = run.work_dir.clone();
+            }
+            match self.ask(request::Body::Run(req)).await? {
+                response::Body::Started(s) => Ok(RunProcessResp { pid: s.pid }),
+                response::Body::Error(e) => Err(error(ErrorCode::BadRequest, e.message)),
+                other => Err(error(
+                    ErrorCode::Internal,
+                    format!("unexpected answer {other:?}"),
+                )),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn kill_process(&self, kill: KillProcess) -> AsyncResponse<'_, ()> {
+        async move {
+            let body = request::Body::Kill(AgentKill {
+                pid: kill.pid,
+                signal: kill.signal,
+            });
+            match self.ask(body).await? {
+                response::Body::Ok(_) => Ok(()),
+                response::Body::Error(e) => Err(error(ErrorCode::NotFound, e.message)),
+                other => Err(error(
+                    ErrorCode::Internal,
+                    format!("unexpected answer {other:?}"),
+                )),
+            }
+        }
+        .boxed_local()
+    }
+
+    fn create_network(&self, _: CreateNetwork) -> AsyncResponse<'_, CreateNetworkResp> {
+        async {
+            Err(error(
+                ErrorCode::BadRequest,
+                "networking (VPN) is not supported yet",
+            ))
+        }
+        .boxed_local()
+    }
+
+    fn shutdown(&self) -> AsyncResponse<'_, ()> {
+        async move {
+            // Take the VM out first: the lock is not held while it powers off.
+            let vm = self.vm.lock().await.take();
+            let result = match vm {
+                Some(mut vm) => vm
+                    .shutdown()
+                    .await
+                    .map_err(|e| error(ErrorCode::Internal, e)),
+                None => Ok(()),
+            };
+            self.stopped.notify_one();
+            result
+        }
+        .boxed_local()
+    }
+}
+
+/// Turns the guest's notifications into runtime API events, in order.
+async fn forward(mut notes: Notes, events: impl RuntimeHandler) {
+    while let Some(Notification { body }) = notes.recv().await {
+        let status = match body {
+            Some(notification::Body::Output(o)) => ProcessStatus {
+                pid: o.pid,
+                running: true,
+                return_code: 0,
+                stdout: if o.fd == 1 {
+                    o.data.clone()
+                } else {
+                    Vec::new()
+                },
+                stderr: if o.fd == 2 { o.data } else { Vec::new() },
+            },
+            Some(notification::Body::Exited(e)) => ProcessStatus {
+                pid: e.pid,
+                running: false,
+                return_code: exit_code(&e),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            },
+            None => continue,
+        };
+        events.on_process_status(status).await;
+    }
+}
+
+/// Boots and serves; returns when the exe-unit said Shutdown or closed stdin.
+pub async fn start(workdir: &Path, opts: &VmOptions) -> anyhow::Result<()> {
+    let deployment = Deployment::load(workdir)?;
+    let (vm, notes) = RunningVm::start(&deployment, workdir, opts).await?;
+    let vm = Rc::new(Mutex::new(Some(vm)));
+    let stopped = Rc::new(Notify::new());
+    let (served, told) = (vm.clone(), stopped.clone());
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let server = ya_runtime_api::server::run_async(move |emitter| {
+                tokio::task::spawn_local(forward(notes, emitter));
+                let service = Service {
+                    vm: served,
+                    deployment,
+                    stopped: told,
+                };
+                futures_util::future::ready(service)
+            });
+            tokio::pin!(server);
+            tokio::select! {
+                () = &mut server => {}
+                () = stopped.notified() => {
+                    // Let the server write the Shutdown response, then stop serving: the
+                    // exe-unit expects the runtime to end by itself after Shutdown.
+                    let _ = tokio::time::timeout(RESPONSE_GRACE, &mut server).await;
+                }
+            }
+        })
+        .await;
+    // stdin ended without Shutdown: power off all the same.
+    if let Some(mut vm) = vm.lock().await.take() {
+        vm.shutdown().await?;
+    }
+    Ok(())
+}
