@@ -144,6 +144,37 @@ async fn the_exe_units_conversation() {
     let (out, _, code) = finish(&mut events, pid).await;
     assert_eq!((out.as_slice(), code), (&b"/etc\n"[..], 5));
 
+    // 64 MiB of stdout arrives complete and in order before the final event
+    let mut r = run("/bin/sh", &["sh", "-c", "seq -w 0 1048575 | sed 's/^/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx/'"]);
+    r.work_dir = "/".into();
+    let pid = rt.run_process(r).await.unwrap().pid;
+    let (out, _, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.len(), 64 << 20);
+    for (i, line) in out.chunks(64).enumerate().step_by(4099) {
+        let want = format!("{}{:07}\n", "x".repeat(56), i);
+        assert_eq!(line, want.as_bytes(), "line {i}");
+    }
+    assert!(out.ends_with(format!("{}1048575\n", "x".repeat(56)).as_bytes()));
+
+    // each stream keeps its own order when they interleave
+    let pid = rt
+        .run_process(run(
+            "/bin/sh",
+            &[
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 300 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done",
+            ],
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let (out, err, _) = finish(&mut events, pid).await;
+    let want = |p: &str| (0..300).map(|i| format!("{p}{i}\n")).collect::<String>();
+    assert_eq!(String::from_utf8(out).unwrap(), want("o"));
+    assert_eq!(String::from_utf8(err).unwrap(), want("e"));
+
     // state across processes
     let pid = rt
         .run_process(run("/bin/sh", &["sh", "-c", "echo kept > /root/f"]))
