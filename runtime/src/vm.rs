@@ -80,6 +80,21 @@ fn spawn_tied(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
         .with_context(|| format!("cannot start {what}"))
 }
 
+/// Starts a helper daemon (output to `log`) and waits until it has created `socket`.
+async fn start_helper(
+    name: &'static str,
+    cmd: &mut Command,
+    socket: &Path,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?,
+    );
+    let mut child = spawn_tied(cmd, name)?;
+    wait_socket(socket, &mut child, name, log).await?;
+    Ok(child)
+}
+
 async fn wait_socket(
     path: &Path,
     helper: &mut Child,
@@ -139,19 +154,17 @@ impl RunningVm {
 
         let vsock_bin = find_tool("vhost-device-vsock", &opts.runtime_dir.dir)?;
         let (vsock_sock, uds) = (rd.join("vsock.sock"), rd.join("vm.vsock"));
-        let vsock_log = rd.join("vsock.log");
-        let mut vsock = spawn_tied(
+        let vsock = start_helper(
+            "vhost-device-vsock",
             Command::new(vsock_bin)
                 .args(["--guest-cid", "3", "--socket"])
                 .arg(&vsock_sock)
                 .arg("--uds-path")
-                .arg(&uds)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&vsock_log)?),
-            "vhost-device-vsock",
-        )?;
-        wait_socket(&vsock_sock, &mut vsock, "vhost-device-vsock", &vsock_log).await?;
+                .arg(&uds),
+            &vsock_sock,
+            &rd.join("vsock.log"),
+        )
+        .await?;
         helpers.push(("vhost-device-vsock", vsock));
         // Listen before the guest exists: it connects to us as soon as its agent is up.
         let listener = tokio::net::UnixListener::bind(guest_socket(&uds))
@@ -162,19 +175,17 @@ impl RunningVm {
             let fsd = find_tool("virtiofsd", &opts.runtime_dir.dir)?;
             for (i, v) in d.volumes.iter().enumerate() {
                 let sock = rd.join(format!("fs{i}.sock"));
-                let log = rd.join(format!("virtiofsd{i}.log"));
                 let dir = workdir.join(&v.name);
-                let mut child = spawn_tied(
+                let child = start_helper(
+                    "virtiofsd",
                     Command::new(&fsd)
                         .arg(format!("--socket-path={}", sock.display()))
                         .arg(format!("--shared-dir={}", dir.display()))
-                        .args(["--sandbox", "none", "--cache", "auto"])
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(&log)?),
-                    "virtiofsd",
-                )?;
-                wait_socket(&sock, &mut child, "virtiofsd", &log).await?;
+                        .args(["--sandbox", "none", "--cache", "auto"]),
+                    &sock,
+                    &rd.join(format!("virtiofsd{i}.log")),
+                )
+                .await?;
                 helpers.push(("virtiofsd", child));
                 shares.push(FsShare {
                     socket: sock,
