@@ -23,6 +23,14 @@ fn pinned(server: &Server, path: &str, hex: &str) -> PackageRef {
     PackageRef::parse(&format!("hash:sha3:{hex}:{}", server.url(path))).unwrap()
 }
 
+/// A server with the test payload at `/img.gvmi` (ranges, no ETag, no drops).
+async fn serve_payload() -> (Server, Vec<u8>) {
+    let server = Server::start("127.0.0.1:0").await.unwrap();
+    let data = payload();
+    server.put("/img.gvmi", Resource::bytes(data.clone()));
+    (server, data)
+}
+
 /// Fetches `path` pinned to the digest of `data` into a new cache; keeps the cache alive.
 async fn fetch_pinned_fresh(
     server: &Server,
@@ -52,9 +60,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 
 #[tokio::test]
 async fn good_hash_lands_in_the_cache_once() {
-    let server = Server::start("127.0.0.1:0").await.unwrap();
-    let data = payload();
-    server.put("/img.gvmi", Resource::bytes(data.clone()));
+    let (server, data) = serve_payload().await;
     let cache = tempfile::tempdir().unwrap();
     let loader = Loader::new(cache.path()).unwrap();
     let r = pinned(&server, "/img.gvmi", &sha3_hex(&data));
@@ -71,9 +77,7 @@ async fn good_hash_lands_in_the_cache_once() {
 
 #[tokio::test]
 async fn wrong_hash_names_both_digests_and_keeps_nothing() {
-    let server = Server::start("127.0.0.1:0").await.unwrap();
-    let data = payload();
-    server.put("/img.gvmi", Resource::bytes(data.clone()));
+    let (server, data) = serve_payload().await;
     let cache = tempfile::tempdir().unwrap();
     let loader = Loader::new(cache.path()).unwrap();
     let wrong = sha3_hex(b"something else");
@@ -130,9 +134,7 @@ async fn server_without_ranges_restarts_from_zero() {
 
 #[tokio::test]
 async fn partial_file_from_an_earlier_run_is_resumed() {
-    let server = Server::start("127.0.0.1:0").await.unwrap();
-    let data = payload();
-    server.put("/img.gvmi", Resource::bytes(data.clone()));
+    let (server, data) = serve_payload().await;
     let cache_dir = tempfile::tempdir().unwrap();
     let hex = sha3_hex(&data);
     let cache = Cache::open(cache_dir.path()).unwrap();
@@ -151,9 +153,7 @@ async fn partial_file_from_an_earlier_run_is_resumed() {
 
 #[tokio::test]
 async fn corrupt_partial_file_fails_the_hash_and_is_removed() {
-    let server = Server::start("127.0.0.1:0").await.unwrap();
-    let data = payload();
-    server.put("/img.gvmi", Resource::bytes(data.clone()));
+    let (server, data) = serve_payload().await;
     let cache_dir = tempfile::tempdir().unwrap();
     let hex = sha3_hex(&data);
     let cache = Cache::open(cache_dir.path()).unwrap();
@@ -205,9 +205,7 @@ async fn unreachable_server_gives_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_download_once() {
-    let server = Server::start("127.0.0.1:0").await.unwrap();
-    let data = payload();
-    server.put("/img.gvmi", Resource::bytes(data.clone()));
+    let (server, data) = serve_payload().await;
     let cache = tempfile::tempdir().unwrap();
     let r = Arc::new(pinned(&server, "/img.gvmi", &sha3_hex(&data)));
     let tasks: Vec<_> = (0..4)
