@@ -476,13 +476,7 @@ impl Agent {
     /// Reaps every child that has ended; ours get their drain budget set.
     fn reap(&mut self) {
         while let Ok(Some(_)) = self.sigfd.read_signal() {}
-        loop {
-            let mut status = 0;
-            // SAFETY: waitpid writes the status int.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                break;
-            }
+        while let Wait::Reaped(pid, status) = wait_any() {
             if let Some(p) = self.procs.get_mut(&pid) {
                 p.status = Some(status);
                 p.stdin = None;
@@ -572,14 +566,35 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
     }
 }
 
+/// The outcome of one non-blocking `waitpid(-1)`.
+enum Wait {
+    /// A child ended: its pid and raw status.
+    Reaped(i32, i32),
+    /// Children remain, none has ended.
+    Running,
+    /// No children at all.
+    NoChildren,
+}
+
+fn wait_any() -> Wait {
+    let mut status = 0;
+    // SAFETY: waitpid writes the status int.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    match pid {
+        p if p > 0 => Wait::Reaped(p, status),
+        0 => Wait::Running,
+        _ => Wait::NoChildren,
+    }
+}
+
 /// Ends every process: SIGTERM, a grace period, then SIGKILL; reaps them all.
 pub fn terminate_all() {
+    // Reaps what has ended; true while children remain.
     let reap_all = || loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status int.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return pid == 0;
+        match wait_any() {
+            Wait::Reaped(..) => {}
+            Wait::Running => return true,
+            Wait::NoChildren => return false,
         }
     };
     // kill(-1) reaches every process but init itself.
