@@ -131,17 +131,21 @@ impl RuntimeService for Service {
 async fn forward(mut notes: Notes, events: impl RuntimeHandler) {
     while let Some(Notification { body }) = notes.recv().await {
         let status = match body {
-            Some(notification::Body::Output(o)) => ProcessStatus {
-                pid: o.pid,
-                running: true,
-                return_code: 0,
-                stdout: if o.fd == 1 {
-                    o.data.clone()
-                } else {
-                    Vec::new()
-                },
-                stderr: if o.fd == 2 { o.data } else { Vec::new() },
-            },
+            Some(notification::Body::Output(o)) => {
+                // The chunk moves into the event for its stream; no copy on this hot path.
+                let (stdout, stderr) = match o.fd {
+                    1 => (o.data, Vec::new()),
+                    2 => (Vec::new(), o.data),
+                    _ => continue,
+                };
+                ProcessStatus {
+                    pid: o.pid,
+                    running: true,
+                    return_code: 0,
+                    stdout,
+                    stderr,
+                }
+            }
             Some(notification::Body::Exited(e)) => ProcessStatus {
                 pid: e.pid,
                 running: false,
