@@ -11,6 +11,8 @@ pub mod deploy;
 pub mod deployment;
 pub mod run;
 pub mod runtime_dir;
+pub mod scratch;
+pub mod signals;
 pub mod start;
 pub mod vm;
 pub mod volumes;

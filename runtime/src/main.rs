@@ -142,8 +142,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bail!("networking (--vpn-endpoint, --inet-endpoint) is not supported yet");
             }
             let workdir = cli.workdir.clone().context("--workdir is required")?;
-            ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?).await?;
-            Ok(ExitCode::SUCCESS)
+            let status = ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?).await?;
+            Ok(ExitCode::from(status))
         }
         other => bail!("{} is not implemented yet", other.name()),
     }

@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use agent_protocol::{notification, request, response, RunProcess};
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use tokio::io::AsyncWriteExt;
 
 use crate::agent_client::Notes;
 use crate::deployment::Deployment;
+use crate::signals::{self, Termination};
 use crate::vm::{RunningVm, VmOptions};
 
 /// The process the image's configuration implies for `entrypoint` and `args`.
@@ -44,20 +45,37 @@ pub fn exit_code(e: &agent_protocol::Exited) -> i32 {
     }
 }
 
-/// Runs one command in a fresh VM of the deployment in `workdir`; returns the exit code.
+/// Runs one command in a fresh VM of the deployment in `workdir`; returns the exit code (128 +
+/// the signal when SIGTERM, SIGINT or SIGHUP stopped the runtime first; the VM is powered off
+/// either way).
 pub async fn run(
     workdir: &Path,
     opts: &VmOptions,
     entrypoint: &str,
     args: &[String],
 ) -> anyhow::Result<i32> {
+    let mut termination = Termination::listen().context("cannot listen for signals")?;
     let d = Deployment::load(workdir)?;
-    let (mut vm, mut notes) = RunningVm::start(&d, workdir, opts).await?;
-    let result = run_in(&vm, &mut notes, &d, entrypoint, args).await;
-    let stopped = vm.shutdown().await;
-    let code = result?;
-    stopped?;
-    Ok(code)
+    let (vm, mut notes) = tokio::select! {
+        booted = RunningVm::start(&d, workdir, opts) => booted?,
+        signal = termination.recv() => {
+            tracing::info!("{} while the VM was booting: stopped", signals::name(signal));
+            return Ok(i32::from(signals::exit_status(signal)));
+        }
+    };
+    let result = tokio::select! {
+        r = run_in(&vm, &mut notes, &d, entrypoint, args) => r,
+        signal = termination.recv() => {
+            tracing::info!("{}: powering the VM off", signals::name(signal));
+            Ok(i32::from(signals::exit_status(signal)))
+        }
+        what = vm.watch() => {
+            vm.kill().await;
+            Err(anyhow!("the VM stopped unexpectedly: {what}"))
+        }
+    };
+    vm.shutdown().await;
+    result
 }
 
 async fn run_in(

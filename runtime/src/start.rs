@@ -2,13 +2,17 @@
 //! delimited protobuf on stdin/stdout) until Shutdown or the end of stdin. Process output and
 //! exits from the guest become `ProcessStatus` events, in order, with backpressure (the API's
 //! event channel holds one event; while it is full, the guest's output is not read).
+//!
+//! The runtime ends, with the VM powered off and its helpers gone, on whichever comes first:
+//! Shutdown, the end of stdin, SIGTERM/SIGINT/SIGHUP, or QEMU or a helper dying (an error).
 
 use std::path::Path;
 use std::rc::Rc;
 
 use agent_protocol::{notification, request, response, KillProcess as AgentKill, Notification};
+use anyhow::{bail, Context};
 use futures_util::future::FutureExt;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use ya_runtime_api::server::{
     AsyncResponse, CreateNetwork, CreateNetworkResp, ErrorCode, ErrorResponse, KillProcess,
     ProcessStatus, RunProcess, RunProcessResp, RuntimeHandler, RuntimeService,
@@ -17,6 +21,7 @@ use ya_runtime_api::server::{
 use crate::agent_client::Notes;
 use crate::deployment::Deployment;
 use crate::run::{exit_code, process_for};
+use crate::signals::{self, Termination};
 use crate::vm::{RunningVm, VmOptions};
 
 /// How long the server may take to send the Shutdown response before the runtime exits.
@@ -24,7 +29,7 @@ const RESPONSE_GRACE: std::time::Duration = std::time::Duration::from_millis(300
 
 /// The service behind the runtime API.
 struct Service {
-    vm: Rc<Mutex<Option<RunningVm>>>,
+    vm: Rc<RunningVm>,
     deployment: Deployment,
     /// Told when Shutdown has powered the VM off.
     stopped: Rc<Notify>,
@@ -38,11 +43,11 @@ fn error(code: ErrorCode, msg: impl std::fmt::Display) -> ErrorResponse {
 
 impl Service {
     async fn ask(&self, body: request::Body) -> Result<response::Body, ErrorResponse> {
-        let guard = self.vm.lock().await;
-        let vm = guard
-            .as_ref()
-            .ok_or_else(|| error(ErrorCode::Internal, "the VM has been shut down"))?;
-        vm.agent
+        if self.vm.is_shut_down() {
+            return Err(error(ErrorCode::Internal, "the VM has been shut down"));
+        }
+        self.vm
+            .agent
             .request(body)
             .await
             .map_err(|e| error(ErrorCode::Internal, e))
@@ -111,17 +116,9 @@ impl RuntimeService for Service {
 
     fn shutdown(&self) -> AsyncResponse<'_, ()> {
         async move {
-            // Take the VM out first: the lock is not held while it powers off.
-            let vm = self.vm.lock().await.take();
-            let result = match vm {
-                Some(mut vm) => vm
-                    .shutdown()
-                    .await
-                    .map_err(|e| error(ErrorCode::Internal, e)),
-                None => Ok(()),
-            };
+            self.vm.shutdown().await;
             self.stopped.notify_one();
-            result
+            Ok(())
         }
         .boxed_local()
     }
@@ -159,16 +156,37 @@ async fn forward(mut notes: Notes, events: impl RuntimeHandler) {
     }
 }
 
-/// Boots and serves; returns when the exe-unit said Shutdown or closed stdin.
-pub async fn start(workdir: &Path, opts: &VmOptions) -> anyhow::Result<()> {
+/// Why serving ended.
+enum End {
+    /// The exe-unit closed stdin.
+    InputClosed,
+    /// The exe-unit sent Shutdown (the VM is already off).
+    ShutdownRequested,
+    /// A terminating signal.
+    Signal(i32),
+    /// QEMU or a helper died: what and the console's last lines.
+    VmDied(String),
+}
+
+/// Boots and serves until one of the ends above; powers the VM off and returns the runtime's
+/// exit status (0, or 128 + the signal that stopped it).
+pub async fn start(workdir: &Path, opts: &VmOptions) -> anyhow::Result<u8> {
+    let mut termination = Termination::listen().context("cannot listen for signals")?;
     let deployment = Deployment::load(workdir)?;
-    let (vm, notes) = RunningVm::start(&deployment, workdir, opts).await?;
-    let vm = Rc::new(Mutex::new(Some(vm)));
+    let (vm, notes) = tokio::select! {
+        booted = RunningVm::start(&deployment, workdir, opts) => booted?,
+        signal = termination.recv() => {
+            // Dropping the boot kills what it started and removes its directory.
+            tracing::info!("{} while the VM was booting: stopped", signals::name(signal));
+            return Ok(signals::exit_status(signal));
+        }
+    };
+    let vm = Rc::new(vm);
     let stopped = Rc::new(Notify::new());
     let (served, told) = (vm.clone(), stopped.clone());
     let local = tokio::task::LocalSet::new();
-    local
-        .run_until(async move {
+    let end = local
+        .run_until(async {
             let server = ya_runtime_api::server::run_async(move |emitter| {
                 tokio::task::spawn_local(forward(notes, emitter));
                 let service = Service {
@@ -180,18 +198,32 @@ pub async fn start(workdir: &Path, opts: &VmOptions) -> anyhow::Result<()> {
             });
             tokio::pin!(server);
             tokio::select! {
-                () = &mut server => {}
+                () = &mut server => End::InputClosed,
                 () = stopped.notified() => {
                     // Let the server write the Shutdown response, then stop serving: the
                     // exe-unit expects the runtime to end by itself after Shutdown.
                     let _ = tokio::time::timeout(RESPONSE_GRACE, &mut server).await;
+                    End::ShutdownRequested
                 }
+                signal = termination.recv() => End::Signal(signal),
+                what = vm.watch() => End::VmDied(what),
             }
         })
         .await;
-    // stdin ended without Shutdown: power off all the same.
-    if let Some(mut vm) = vm.lock().await.take() {
-        vm.shutdown().await?;
+    match &end {
+        End::VmDied(_) => vm.kill().await,
+        _ => vm.shutdown().await,
     }
-    Ok(())
+    match end {
+        End::ShutdownRequested => Ok(0),
+        End::InputClosed => {
+            tracing::info!("the exe-unit closed the runtime API: VM powered off");
+            Ok(0)
+        }
+        End::Signal(signal) => {
+            tracing::info!("{}: VM powered off", signals::name(signal));
+            Ok(signals::exit_status(signal))
+        }
+        End::VmDied(what) => bail!("the VM stopped unexpectedly: {what}"),
+    }
 }

@@ -1,6 +1,8 @@
 //! One running VM: the helper daemons (vhost-device-vsock, one virtiofsd per volume), QEMU, and
 //! the agent connection, started in that order and torn down together. Every child gets
-//! `PR_SET_PDEATHSIG`, so none outlives the runtime even when it is SIGKILLed.
+//! `PR_SET_PDEATHSIG`, so none outlives the runtime even when it is SIGKILLed. While the VM runs,
+//! [`RunningVm::watch`] reports QEMU or a helper dying on its own, so the caller can tear the rest
+//! down instead of serving a VM that is gone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,6 +16,7 @@ use tokio::process::{Child, Command};
 use crate::agent_client::{guest_socket, AgentClient, Notes};
 use crate::deployment::Deployment;
 use crate::runtime_dir::RuntimeDir;
+use crate::scratch;
 
 /// How long the guest may take from QEMU's start to the agent answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -33,11 +36,36 @@ pub struct VmOptions {
     pub accel: Accel,
 }
 
-/// A booted VM with a connected agent.
+/// How often [`RunningVm::watch`] looks at the child processes.
+const WATCH_PERIOD: Duration = Duration::from_millis(200);
+
+/// The VM's processes: QEMU and the helper daemons it needs.
+struct Children {
+    qemu: Child,
+    helpers: Vec<(&'static str, Child)>,
+}
+
+impl Children {
+    /// The first process that has exited, described.
+    fn first_exited(&mut self) -> Option<String> {
+        if let Ok(Some(status)) = self.qemu.try_wait() {
+            return Some(format!("QEMU exited ({status})"));
+        }
+        self.helpers
+            .iter_mut()
+            .find_map(|(name, c)| match c.try_wait() {
+                Ok(Some(status)) => Some(format!("{name} exited ({status})")),
+                _ => None,
+            })
+    }
+}
+
+/// A booted VM with a connected agent. All methods take `&self`, so the VM can be shared by
+/// the tasks that serve requests, watch it and shut it down.
 pub struct RunningVm {
     run_dir: tempfile::TempDir,
-    helpers: Vec<(&'static str, Child)>,
-    qemu: Child,
+    /// `None` once [`RunningVm::shutdown`] has begun.
+    children: std::sync::Mutex<Option<Children>>,
     /// The agent.
     pub agent: AgentClient,
 }
@@ -68,6 +96,9 @@ fn spawn_tied(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // A group of its own: a terminal's Ctrl-C reaches the runtime, which powers the
+            // VM off in order, and not QEMU and the helpers directly.
+            libc::setpgid(0, 0);
             if libc::getppid() != parent {
                 // The runtime died before the prctl took effect.
                 libc::_exit(1);
@@ -144,11 +175,7 @@ impl RunningVm {
         workdir: &Path,
         opts: &VmOptions,
     ) -> anyhow::Result<(Self, Notes)> {
-        // Unix socket paths are limited to 108 bytes: keep them short, outside the workdir.
-        let run_dir = tempfile::Builder::new()
-            .prefix("yrv-")
-            .tempdir()
-            .context("cannot create the VM's runtime directory")?;
+        let run_dir = scratch::create().context("cannot create the VM's scratch directory")?;
         let rd = run_dir.path().to_path_buf();
         let mut helpers: Vec<(&'static str, Child)> = Vec::new();
 
@@ -251,8 +278,7 @@ impl RunningVm {
         }
         let vm = Self {
             run_dir,
-            helpers,
-            qemu,
+            children: std::sync::Mutex::new(Some(Children { qemu, helpers })),
             agent,
         };
         for (i, v) in d.volumes.iter().enumerate() {
@@ -280,28 +306,68 @@ impl RunningVm {
         tail(&self.run_dir.path().join("console.log"), CONSOLE_TAIL)
     }
 
-    /// Asks the guest to power off, waits for QEMU, and stops the helpers.
-    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
-        let answered = tokio::time::timeout(
-            POWER_OFF_TIMEOUT,
-            self.agent.request(request::Body::Shutdown(Empty {})),
-        )
-        .await;
-        let exited = match answered {
-            Ok(Ok(_)) => tokio::time::timeout(POWER_OFF_TIMEOUT, self.qemu.wait())
-                .await
-                .ok(),
-            _ => None,
-        };
-        if exited.is_none() {
-            tracing::warn!("the guest did not power off in time; killing QEMU");
-            let _ = self.qemu.kill().await;
+    /// Whether [`RunningVm::shutdown`] has been called.
+    pub fn is_shut_down(&self) -> bool {
+        self.children.lock().map_or(true, |c| c.is_none())
+    }
+
+    /// Resolves when QEMU or a helper exits by itself (not through [`RunningVm::shutdown`]),
+    /// with what exited and the last console lines.
+    pub async fn watch(&self) -> String {
+        loop {
+            tokio::time::sleep(WATCH_PERIOD).await;
+            let exited = match self.children.lock() {
+                Ok(mut c) => c.as_mut().and_then(Children::first_exited),
+                Err(_) => None,
+            };
+            if let Some(what) = exited {
+                return format!("{what}; console: {}", self.console_tail());
+            }
         }
-        for (name, mut h) in self.helpers.drain(..) {
+    }
+
+    /// Asks the guest to power off, waits for QEMU, and stops the helpers. Only the first call
+    /// (of this or [`RunningVm::kill`]) does anything.
+    pub async fn shutdown(&self) {
+        self.stop(true).await;
+    }
+
+    /// Kills QEMU and the helpers without asking the guest: for a VM that lost a helper, whose
+    /// orderly power-off would only wait on the missing device.
+    pub async fn kill(&self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(&self, orderly: bool) {
+        let taken = self.children.lock().ok().and_then(|mut c| c.take());
+        let Some(Children { mut qemu, helpers }) = taken else {
+            return;
+        };
+        let running = orderly && matches!(qemu.try_wait(), Ok(None));
+        let answered = if running {
+            tokio::time::timeout(
+                POWER_OFF_TIMEOUT,
+                self.agent.request(request::Body::Shutdown(Empty {})),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+        } else {
+            false
+        };
+        let exited = answered
+            && tokio::time::timeout(POWER_OFF_TIMEOUT, qemu.wait())
+                .await
+                .is_ok();
+        if running && !exited {
+            tracing::warn!("the guest did not power off in time; killing QEMU");
+        }
+        if let Err(e) = qemu.kill().await {
+            tracing::debug!("stopping QEMU: {e}");
+        }
+        for (name, mut h) in helpers {
             if let Err(e) = h.kill().await {
                 tracing::debug!("stopping {name}: {e}");
             }
         }
-        Ok(())
     }
 }

@@ -44,7 +44,9 @@ impl Env {
             .arg(&self.image)
             .args(extra)
             .env("PATH", path)
-            .env("YA_RUNTIME_VM_ACCEL", "tcg");
+            .env("YA_RUNTIME_VM_ACCEL", "tcg")
+            // The VM's scratch dir (sockets) under this test's dir: a leftover one is seen.
+            .env("TMPDIR", self.dir.path());
         c
     }
 
@@ -56,10 +58,15 @@ impl Env {
             .unwrap()
     }
 
-    /// Processes whose command line mentions this test's directory.
+    /// Processes whose command line mentions this test's directory, and scratch dirs left in it.
     fn leftovers(&self) -> Vec<String> {
         let needle = self.dir.path().to_string_lossy().into_owned();
-        let mut found = Vec::new();
+        let mut found: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("yrv-"))
+            .collect();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
@@ -164,4 +171,38 @@ fn failures_are_one_clear_line() {
             .contains("no guest kernel"),
         "{err}"
     );
+}
+
+#[test]
+fn ctrl_c_powers_the_vm_off_and_exits_130() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let mut child = env
+        .command(&[])
+        .args([
+            "run",
+            "--entrypoint",
+            "/bin/sh",
+            "--",
+            "-c",
+            "echo ready; sleep 1000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // What a terminal's Ctrl-C does: SIGINT to the foreground process group. QEMU and the
+    // helpers have groups of their own, so only the runtime gets it and powers the VM off.
+    // SAFETY: signalling our own child's process group.
+    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

@@ -1,5 +1,7 @@
 //! `ya-runtime-vm start` driven through ya-runtime-api 0.7.0's own client, as the exe-unit
-//! drives it: hello, RunProcess with events, state across processes, work_dir, kill, shutdown.
+//! drives it: hello, RunProcess with events, state across processes, work_dir, env, volumes,
+//! kill, shutdown; and every other way the runtime ends (stdin closed, SIGTERM, SIGKILL, QEMU
+//! dying, a runtime dir without a kernel) leaving no process and no socket behind.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,12 +63,15 @@ fn run(bin: &str, args: &[&str]) -> RunProcess {
 /// A deployed copy of the sample image in a private directory.
 struct Activity {
     dir: tempfile::TempDir,
+    /// The deploy result's `vols`: (guest path, host dir name).
+    vols: Vec<(String, String)>,
 }
 
 impl Activity {
     async fn deploy() -> Self {
-        let a = Self {
+        let mut a = Self {
             dir: tempfile::tempdir().unwrap(),
+            vols: Vec::new(),
         };
         std::fs::copy(
             repo().join("target/images/sample.gvmi"),
@@ -79,7 +84,18 @@ impl Activity {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for v in result["vols"].as_array().unwrap() {
+            let field = |k: &str| v[k].as_str().unwrap().to_string();
+            a.vols.push((field("path"), field("name")));
+        }
         a
+    }
+
+    /// The host directory of the volume mounted at `guest_path`.
+    fn volume(&self, guest_path: &str) -> PathBuf {
+        let (_, name) = self.vols.iter().find(|(p, _)| p == guest_path).unwrap();
+        self.dir.path().join("work").join(name)
     }
 
     fn command(&self) -> tokio::process::Command {
@@ -92,36 +108,74 @@ impl Activity {
             .arg("--task-package")
             .arg(self.dir.path().join("sample.gvmi"))
             .env("PATH", path)
-            .env("YA_RUNTIME_VM_ACCEL", "tcg");
+            .env("YA_RUNTIME_VM_ACCEL", "tcg")
+            // The VM's sockets and logs go under the activity's dir, so that every helper's
+            // command line names it and a socket left behind is seen.
+            .env("TMPDIR", self.dir.path());
         c
     }
 
-    /// Processes (QEMU, helpers, the runtime) whose command line names this activity.
+    /// Processes (QEMU, helpers, the runtime) whose command line names this activity, and the
+    /// VM run dirs (sockets) left in it.
     async fn leftovers(&self) -> Vec<String> {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let needle = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_dir("/proc")
+        let processes = std::fs::read_dir("/proc")
             .unwrap()
             .flatten()
             .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
             .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(&needle))
-            .collect()
+            .filter(|c| c.contains(&needle));
+        let run_dirs = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("yrv-"));
+        processes.chain(run_dirs).collect()
+    }
+
+    /// The pid of this activity's process whose program is named `program`.
+    fn pid_of(&self, program: &str) -> Option<i32> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            let argv0 = cmd.split('\0').next()?;
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            (Path::new(argv0).file_name()? == program && cmd.contains(&needle)).then_some(pid)
+        })
+    }
+
+    /// Spawns `start` through the API's client and waits for hello (the VM has booted).
+    async fn start(
+        &self,
+    ) -> (
+        impl RuntimeService + RuntimeControl,
+        mpsc::UnboundedReceiver<ProcessStatus>,
+    ) {
+        let mut cmd = self.command();
+        cmd.arg("start")
+            .stderr(std::fs::File::create(self.dir.path().join("runtime.log")).unwrap());
+        let (tx, events) = mpsc::unbounded_channel();
+        let rt = spawn(cmd, Events(tx)).await.unwrap();
+        let version = tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
+            .await
+            .expect("boot in time")
+            .unwrap();
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        (rt, events)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exe_units_conversation() {
     let activity = Activity::deploy().await;
-    let mut cmd = activity.command();
-    cmd.arg("start");
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let rt = spawn(cmd, Events(tx)).await.unwrap();
-    let version = tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
-        .await
-        .expect("boot in time")
-        .unwrap();
-    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    std::fs::write(
+        activity.volume("/golem/input").join("in.txt"),
+        "from the host\n",
+    )
+    .unwrap();
+    let (rt, mut events) = activity.start().await;
 
     // echo, exact bytes, both streams
     let pid = rt
@@ -175,6 +229,34 @@ async fn the_exe_units_conversation() {
     assert_eq!(String::from_utf8(out).unwrap(), want("o"));
     assert_eq!(String::from_utf8(err).unwrap(), want("e"));
 
+    // the image's Env
+    let pid = rt
+        .run_process(run("/bin/sh", &["sh", "-c", "echo $GOLEM_SAMPLE"]))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"1\n");
+
+    // volumes: a file from the host is read in the guest, a file written in the guest appears
+    // on the host
+    let pid = rt
+        .run_process(run(
+            "/bin/sh",
+            &[
+                "sh",
+                "-c",
+                "tr a-z A-Z < /golem/input/in.txt > /golem/output/out.txt",
+            ],
+        ))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.2, 0);
+    assert_eq!(
+        std::fs::read_to_string(activity.volume("/golem/output").join("out.txt")).unwrap(),
+        "FROM THE HOST\n"
+    );
+
     // state across processes
     let pid = rt
         .run_process(run("/bin/sh", &["sh", "-c", "echo kept > /root/f"]))
@@ -200,17 +282,20 @@ async fn the_exe_units_conversation() {
         "{e:?}"
     );
 
-    // kill of sleep 1000
+    // kill of sleep 1000 ends it within a second
     let pid = rt
         .run_process(run("/bin/sleep", &["sleep", "1000"]))
         .await
         .unwrap()
         .pid;
+    let asked = std::time::Instant::now();
     rt.kill_process(KillProcess { pid, signal: 9 })
         .await
         .unwrap();
     let (_, _, code) = finish(&mut events, pid).await;
+    let took = asked.elapsed();
     assert_eq!(code, 128 + 9);
+    assert!(took < Duration::from_secs(1), "kill took {took:?}");
 
     // shutdown: the runtime exits and nothing of this VM is left
     rt.shutdown().await.unwrap();
@@ -225,14 +310,7 @@ async fn the_exe_units_conversation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_runtime_leaves_nothing_behind() {
     let activity = Activity::deploy().await;
-    let mut cmd = activity.command();
-    cmd.arg("start");
-    let (tx, _events) = mpsc::unbounded_channel();
-    let rt = spawn(cmd, Events(tx)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
-        .await
-        .expect("boot in time")
-        .unwrap();
+    let (rt, _events) = activity.start().await;
     assert!(
         !activity.leftovers().await.is_empty(),
         "QEMU and the helpers are running"
@@ -240,6 +318,107 @@ async fn sigkill_of_the_runtime_leaves_nothing_behind() {
     // RuntimeControl::stop kills the runtime process with SIGKILL.
     rt.stop();
     let _ = tokio::time::timeout(Duration::from_secs(10), rt.stopped()).await;
+    // No process is left; the scratch dir (sockets) is, since nothing ran to remove it ...
+    let left = activity.leftovers().await;
+    assert!(left.iter().all(|l| l.starts_with("yrv-")), "{left:?}");
+    assert_eq!(left.len(), 1, "{left:?}");
+    // ... until the next runtime sweeps it (this one boots, finds stdin closed, powers off).
+    let out = activity
+        .command()
+        .arg("start")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
     let left = activity.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_powers_the_vm_off_and_leaves_nothing() {
+    let activity = Activity::deploy().await;
+    let (rt, _events) = activity.start().await;
+    let pid = rt.id() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let code = tokio::time::timeout(Duration::from_secs(15), rt.stopped())
+        .await
+        .expect("the runtime ends after SIGTERM");
+    assert_eq!(code, 128 + libc::SIGTERM);
+    let left = activity.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_stdin_powers_the_vm_off_and_leaves_nothing() {
+    let activity = Activity::deploy().await;
+    // The exe-unit goes away before the VM has even booted: the runtime boots, finds the API
+    // closed, powers off and exits 0.
+    let out = activity
+        .command()
+        .arg("start")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("closed the runtime API"), "{err}");
+    assert!(out.stdout.is_empty());
+    let left = activity.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Kills one of the VM's processes: the runtime notices, ends with an error that names it, and
+/// leaves nothing behind.
+async fn a_dying_child_ends_the_runtime(program: &str, named: &str) {
+    let activity = Activity::deploy().await;
+    let (rt, _events) = activity.start().await;
+    let pid = activity.pid_of(program).expect("the process runs");
+    // SAFETY: killing the test's own grandchild.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let code = tokio::time::timeout(Duration::from_secs(15), rt.stopped())
+        .await
+        .expect("the runtime ends when a process of the VM dies");
+    let log = std::fs::read_to_string(activity.dir.path().join("runtime.log")).unwrap();
+    assert_eq!(code, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "ya-runtime-vm: the VM stopped unexpectedly: {named} exited"
+        )),
+        "{log}"
+    );
+    let left = activity.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_dying_ends_the_runtime_with_an_error_and_leaves_nothing() {
+    a_dying_child_ends_the_runtime("qemu-system-x86_64", "QEMU").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtiofsd_dying_ends_the_runtime_with_an_error_and_leaves_nothing() {
+    a_dying_child_ends_the_runtime("virtiofsd", "virtiofsd").await;
+}
+
+#[tokio::test]
+async fn a_runtime_dir_without_a_kernel_fails_at_start_with_a_clear_line() {
+    let activity = Activity::deploy().await;
+    let empty = activity.dir.path().join("empty-runtime");
+    std::fs::create_dir(&empty).unwrap();
+    let out = activity
+        .command()
+        .arg("--runtime-dir")
+        .arg(&empty)
+        .arg("start")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no guest kernel"), "{err}");
+    assert!(activity.leftovers().await.is_empty());
 }
