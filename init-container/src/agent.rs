@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use agent_protocol::{
     encode, notification, request, response, DecodeError, Empty, Error as WireError, Exited, Frame,
-    FrameDecoder, Hello, Notification, Output, Request, Response, Started, AGENT_PORT,
-    MAX_OUTPUT_CHUNK,
+    FrameDecoder, Hello, Notification, Output, Request, Response, Started, MAX_OUTPUT_CHUNK,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -66,6 +65,8 @@ pub struct Agent {
     warned: bool,
     procs: BTreeMap<i32, Proc>,
     root: PathBuf,
+    /// The host's vsock port to connect to.
+    port: u32,
 }
 
 fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -96,9 +97,10 @@ fn error_response(e: &InitError) -> response::Body {
 }
 
 impl Agent {
-    /// An agent that will connect to the host's vsock port [`AGENT_PORT`].
-    pub fn new(sigfd: SignalFd, root: PathBuf) -> Self {
+    /// An agent that will connect to the host's vsock `port` (normally [`agent_protocol::AGENT_PORT`]).
+    pub fn new(sigfd: SignalFd, root: PathBuf, port: u32) -> Self {
         Self {
+            port,
             sigfd,
             conn: None,
             next_connect: Instant::now(),
@@ -116,6 +118,7 @@ impl Agent {
             return;
         }
         self.next_connect = Instant::now() + CONNECT_RETRY;
+        let port = self.port;
         let attempt = (|| {
             let fd = socket(
                 AddressFamily::Vsock,
@@ -124,17 +127,14 @@ impl Agent {
                 None,
             )
             .ctx(|| "vsock socket".into())?;
-            connect(
-                fd.as_raw_fd(),
-                &VsockAddr::new(libc::VMADDR_CID_HOST, AGENT_PORT),
-            )
-            .ctx(|| format!("connect to the host's vsock port {AGENT_PORT}"))?;
+            connect(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_HOST, port))
+                .ctx(|| format!("connect to the host's vsock port {port}"))?;
             process::set_nonblocking(fd.as_raw_fd())?;
             Ok::<_, InitError>(fd)
         })();
         match attempt {
             Ok(fd) => {
-                log!("connected to the host on vsock port {AGENT_PORT}");
+                log!("connected to the host on vsock port {}", self.port);
                 self.conn = Some(Conn {
                     fd,
                     decoder: FrameDecoder::new(),

@@ -210,15 +210,38 @@ pub fn checked_relative(path: &str) -> Result<&str> {
     Ok(path.trim_start_matches('/'))
 }
 
-/// The hostname from the kernel command line (`yarv.hostname=`), else `golem`.
-pub fn hostname_from_cmdline() -> String {
-    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+/// The value of `key=` on a kernel command line (the last one wins, as in the kernel).
+fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("yarv.hostname="))
+        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .next_back()
+}
+
+fn kernel_cmdline() -> String {
+    fs::read_to_string("/proc/cmdline").unwrap_or_default()
+}
+
+/// The hostname from `yarv.hostname=` (1 to 64 bytes), else `golem`.
+fn hostname_in(cmdline: &str) -> String {
+    cmdline_param(cmdline, "yarv.hostname")
         .filter(|h| !h.is_empty() && h.len() <= 64)
         .unwrap_or("golem")
         .to_string()
+}
+
+/// The host's vsock port for the agent from `yarv.port=` (the kernel vhost-vsock path gives
+/// every VM its own), else [`agent_protocol::AGENT_PORT`].
+fn agent_port_in(cmdline: &str) -> u32 {
+    cmdline_param(cmdline, "yarv.port")
+        .and_then(|p| p.parse().ok())
+        .filter(|&p| p != 0 && p != u32::MAX)
+        .unwrap_or(agent_protocol::AGENT_PORT)
+}
+
+/// The agent's host port from this kernel's command line.
+pub fn agent_port() -> u32 {
+    agent_port_in(&kernel_cmdline())
 }
 
 /// Runs the whole boot sequence.
@@ -229,7 +252,40 @@ pub fn boot() -> Result<()> {
     let disk = find_disk(IMAGE_SERIAL)?;
     overlay_root(&disk)?;
     prepare_root()?;
-    let host = hostname_from_cmdline();
+    let host = hostname_in(&kernel_cmdline());
     nix::unistd::sethostname(&host).ctx(|| format!("sethostname {host}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_parameters_from_the_kernel_command_line() {
+        let line = "console=ttyS0 quiet yarv.hostname=node-1 yarv.port=52000 yarv.portx=1";
+        assert_eq!(hostname_in(line), "node-1");
+        assert_eq!(agent_port_in(line), 52000);
+        assert_eq!(cmdline_param("a=1 a=2", "a"), Some("2"));
+        assert_eq!(cmdline_param("ab=1", "a"), None);
+    }
+
+    #[test]
+    fn falls_back_on_missing_or_bad_values() {
+        assert_eq!(hostname_in("quiet"), "golem");
+        assert_eq!(hostname_in("yarv.hostname="), "golem");
+        assert_eq!(
+            hostname_in(&format!("yarv.hostname={}", "h".repeat(65))),
+            "golem"
+        );
+        assert_eq!(agent_port_in("quiet"), agent_protocol::AGENT_PORT);
+        for bad in [
+            "yarv.port=",
+            "yarv.port=x",
+            "yarv.port=0",
+            "yarv.port=4294967295",
+        ] {
+            assert_eq!(agent_port_in(bad), agent_protocol::AGENT_PORT, "{bad}");
+        }
+    }
 }

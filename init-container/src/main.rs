@@ -65,7 +65,7 @@ fn main() {
     if let Err(e) = boot::boot() {
         power_off(&format!("fatal: boot: {e}"));
     }
-    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT));
+    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT), boot::agent_port());
     if let Err(e) = agent.run() {
         power_off(&format!("fatal: agent: {e}"));
     }

@@ -43,6 +43,10 @@ pub enum Vsock {
     Kernel {
         /// The guest's context id (≥ 3, unique among running VMs).
         cid: u32,
+        /// An open `/dev/vhost-vsock` QEMU inherits (the caller has already claimed `cid` on
+        /// it, so no other VM can take it between the check and QEMU's start); `None`: QEMU
+        /// opens the device itself.
+        vhostfd: Option<i32>,
     },
     /// A vhost-user daemon (vhost-device-vsock) listening on this socket.
     VhostUser {

@@ -134,13 +134,16 @@ impl VmConfig {
             ]);
         }
         match &self.vsock {
-            Some(Vsock::Kernel { cid }) => {
-                if *cid < 3 {
+            Some(Vsock::Kernel { cid, vhostfd }) => {
+                if *cid < 3 || *cid == u32::MAX {
                     return Err(ConfigError::ReservedCid(*cid));
                 }
+                let fd = vhostfd
+                    .map(|fd| format!(",vhostfd={fd}"))
+                    .unwrap_or_default();
                 push(&[
                     "-device",
-                    &format!("{},guest-cid={cid}", m.device("vhost-vsock")),
+                    &format!("{},guest-cid={cid}{fd}", m.device("vhost-vsock")),
                 ]);
             }
             Some(Vsock::VhostUser { socket }) => {
@@ -224,7 +227,10 @@ mod tests {
     fn golden_microvm_with_kernel_vsock() {
         let mut c = sample(Machine::Microvm);
         c.accel = Accel::Kvm;
-        c.vsock = Some(Vsock::Kernel { cid: 7 });
+        c.vsock = Some(Vsock::Kernel {
+            cid: 7,
+            vhostfd: None,
+        });
         c.shares.truncate(1);
         c.console_log = None;
         c.disks[0].read_only = false;
@@ -242,6 +248,19 @@ mod tests {
     }
 
     #[test]
+    fn kernel_vsock_with_an_inherited_device_fd() {
+        let mut c = sample(Machine::Q35);
+        c.vsock = Some(Vsock::Kernel {
+            cid: 41,
+            vhostfd: Some(5),
+        });
+        let args = c.to_args().unwrap();
+        let at = args.iter().position(|a| a.contains("vhost-vsock")).unwrap();
+        assert_eq!(args[at - 1], "-device");
+        assert_eq!(args[at], "vhost-vsock-pci,guest-cid=41,vhostfd=5");
+    }
+
+    #[test]
     fn refusals() {
         let mut c = sample(Machine::Q35);
         c.cpus = 0;
@@ -256,8 +275,17 @@ mod tests {
         c.shares[0].tag = "a,b".into();
         assert!(matches!(c.to_args(), Err(ConfigError::BadValue { .. })));
         let mut c = sample(Machine::Q35);
-        c.vsock = Some(Vsock::Kernel { cid: 2 });
+        c.vsock = Some(Vsock::Kernel {
+            cid: 2,
+            vhostfd: None,
+        });
         assert_eq!(c.to_args(), Err(ConfigError::ReservedCid(2)));
+        let mut c = sample(Machine::Q35);
+        c.vsock = Some(Vsock::Kernel {
+            cid: u32::MAX,
+            vhostfd: None,
+        });
+        assert_eq!(c.to_args(), Err(ConfigError::ReservedCid(u32::MAX)));
         let mut c = sample(Machine::Q35);
         c.cmdline = "a\nb".into();
         assert!(matches!(c.to_args(), Err(ConfigError::BadValue { .. })));

@@ -1,5 +1,6 @@
-//! The host side of the agent protocol: accepts the guest's connection, which vhost-device-vsock
-//! delivers to a unix socket beside its own (`<uds>_<port>`), sends requests, matches responses by id,
+//! The host side of the agent protocol: accepts the guest's connection (which vhost-device-vsock
+//! delivers to a unix socket beside its own, `<uds>_<port>`, and the kernel's vhost-vsock to an
+//! AF_VSOCK listener), sends requests, matches responses by id,
 //! and hands notifications to one bounded channel — when its reader falls behind, the socket is
 //! not read, and the guest stops reading process output (backpressure end to end).
 
@@ -12,8 +13,7 @@ use std::time::{Duration, Instant};
 use agent_protocol::{
     encode, request, response, DecodeError, Frame, FrameDecoder, Notification, Request, AGENT_PORT,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -43,9 +43,47 @@ pub type Notes = mpsc::Receiver<Notification>;
 
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<response::Body>>>>>;
 
+/// A byte stream to the guest agent.
+trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
+
+/// Where the guest's agent connects.
+pub enum AgentListener {
+    /// vhost-device-vsock's socket for the agent port (see [`guest_socket`]).
+    Unix(UnixListener),
+    /// The kernel's vsock: only a connection from the guest's own CID is taken.
+    Vsock {
+        /// Bound to the port on the guest's command line.
+        listener: tokio_vsock::VsockListener,
+        /// The guest's CID.
+        cid: u32,
+    },
+}
+
+impl AgentListener {
+    /// The next connection; `None` when one from a foreign CID was refused.
+    async fn accept(&self) -> std::io::Result<Option<Box<dyn Conn>>> {
+        match self {
+            Self::Unix(l) => Ok(Some(Box::new(l.accept().await?.0))),
+            Self::Vsock { listener, cid } => {
+                let (stream, peer) = listener.accept().await?;
+                if peer.cid() == *cid {
+                    Ok(Some(Box::new(stream)))
+                } else {
+                    tracing::warn!(
+                        "refused a vsock connection from CID {} (this VM is CID {cid})",
+                        peer.cid()
+                    );
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
 /// A connected agent.
 pub struct AgentClient {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf<Box<dyn Conn>>>,
     pending: Pending,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
@@ -70,7 +108,7 @@ impl AgentClient {
     /// started), up to `limit`; `alive` is asked every 100 ms and ends the wait early (with its
     /// error) when the VM died.
     pub async fn accept(
-        listener: &UnixListener,
+        listener: &AgentListener,
         limit: Duration,
         mut alive: impl FnMut() -> Result<(), String>,
     ) -> Result<(Self, Notes), AgentError> {
@@ -80,15 +118,17 @@ impl AgentClient {
             if let Ok(accepted) =
                 tokio::time::timeout(Duration::from_millis(100), listener.accept()).await
             {
-                break accepted
-                    .map_err(|e| AgentError::Disconnected(e.to_string()))?
-                    .0;
+                if let Some(stream) =
+                    accepted.map_err(|e| AgentError::Disconnected(e.to_string()))?
+                {
+                    break stream;
+                }
             }
             if start.elapsed() >= limit {
                 return Err(AgentError::Timeout(limit));
             }
         };
-        let (mut rd, wr) = stream.into_split();
+        let (mut rd, wr) = tokio::io::split(stream);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, rx) = mpsc::channel(NOTIFICATION_QUEUE);
         let p = pending.clone();
@@ -134,7 +174,7 @@ impl AgentClient {
 
 /// Reads frames until the connection ends: responses to their waiters, notifications to `tx`.
 async fn read_loop(
-    rd: &mut tokio::net::unix::OwnedReadHalf,
+    rd: &mut ReadHalf<Box<dyn Conn>>,
     pending: &Pending,
     tx: mpsc::Sender<Notification>,
 ) {

@@ -4,6 +4,18 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// Which vsock transport to use (`--vsock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum VsockRequest {
+    /// The kernel's where it can be opened, else vhost-device-vsock.
+    #[default]
+    Auto,
+    /// The kernel's vhost-vsock, or an error.
+    Kernel,
+    /// vhost-device-vsock.
+    User,
+}
+
 /// Provider-side Golem runtime that runs GVMI images in QEMU virtual machines.
 #[derive(Debug, Parser)]
 #[command(name = "ya-runtime-vm", version, about)]
@@ -44,6 +56,16 @@ pub struct Cli {
         default_value = "auto"
     )]
     pub accel: qemu_config::AccelRequest,
+    /// vsock transport: auto (the kernel's vhost-vsock where /dev/vhost-vsock can be opened,
+    /// else vhost-device-vsock), kernel, or user (vhost-device-vsock).
+    #[arg(
+        long,
+        global = true,
+        env = "YA_RUNTIME_VM_VSOCK",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub vsock: VsockRequest,
     /// Directory with the guest kernel and initramfs (default: `runtime/` beside this binary).
     #[arg(long, global = true, env = crate::runtime_dir::RUNTIME_DIR_ENV)]
     pub runtime_dir: Option<PathBuf>,

@@ -9,6 +9,7 @@ pub mod agent_client;
 pub mod cli;
 pub mod deploy;
 pub mod deployment;
+pub mod kernel_vsock;
 pub mod run;
 pub mod runtime_dir;
 pub mod scratch;

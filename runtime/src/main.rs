@@ -108,6 +108,7 @@ fn vm_options(cli: &Cli) -> anyhow::Result<VmOptions> {
     Ok(VmOptions {
         runtime_dir,
         accel: choice.accel,
+        vsock: cli.vsock,
     })
 }
 

@@ -4,6 +4,7 @@
 //! [`RunningVm::watch`] reports QEMU or a helper dying on its own, so the caller can tear the rest
 //! down instead of serving a VM that is gone.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,8 +14,10 @@ use anyhow::{bail, Context};
 use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
 use tokio::process::{Child, Command};
 
-use crate::agent_client::{guest_socket, AgentClient, Notes};
+use crate::agent_client::{guest_socket, AgentClient, AgentListener, Notes};
+use crate::cli::VsockRequest;
 use crate::deployment::Deployment;
+use crate::kernel_vsock::{self, KernelVsock};
 use crate::runtime_dir::RuntimeDir;
 use crate::scratch;
 
@@ -37,6 +40,8 @@ pub struct VmOptions {
     pub runtime_dir: RuntimeDir,
     /// The accelerator.
     pub accel: Accel,
+    /// The vsock transport.
+    pub vsock: VsockRequest,
 }
 
 /// How often [`RunningVm::watch`] looks at the child processes.
@@ -114,6 +119,19 @@ fn spawn_tied(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
         .with_context(|| format!("cannot start {what}"))
 }
 
+/// Lets the program `cmd` runs inherit `fd` under the same number (it is close-on-exec here).
+fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl is async-signal-safe; it changes the child's descriptor table only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts a helper daemon (output to `log`) and waits until it has created `socket`.
 async fn start_helper(
     name: &'static str,
@@ -182,23 +200,62 @@ impl RunningVm {
         let rd = run_dir.path().to_path_buf();
         let mut helpers: Vec<(&'static str, Child)> = Vec::new();
 
-        let vsock_bin = find_tool("vhost-device-vsock", &opts.runtime_dir.dir)?;
-        let (vsock_sock, uds) = (rd.join("vsock.sock"), rd.join("vm.vsock"));
-        let vsock = start_helper(
-            "vhost-device-vsock",
-            Command::new(vsock_bin)
-                .args(["--guest-cid", "3", "--socket"])
-                .arg(&vsock_sock)
-                .arg("--uds-path")
-                .arg(&uds),
-            &vsock_sock,
-            &rd.join("vsock.log"),
-        )
-        .await?;
-        helpers.push(("vhost-device-vsock", vsock));
         // Listen before the guest exists: it connects to us as soon as its agent is up.
-        let listener = tokio::net::UnixListener::bind(guest_socket(&uds))
-            .context("cannot listen for the guest agent")?;
+        let mut cmdline = format!("console=ttyS0 quiet panic=-1 yarv.hostname={}", d.hostname);
+        let kernel = match opts.vsock {
+            VsockRequest::User => None,
+            VsockRequest::Auto => KernelVsock::open(Path::new(kernel_vsock::DEVICE))?,
+            VsockRequest::Kernel => Some(
+                KernelVsock::open(Path::new(kernel_vsock::DEVICE))?.with_context(|| {
+                    format!("--vsock kernel: {} is missing or not accessible to this user (modprobe vhost_vsock; check its permissions)", kernel_vsock::DEVICE)
+                })?,
+            ),
+        };
+        let (vsock, listener, inherited) = match kernel {
+            Some(k) => {
+                tracing::debug!(
+                    "kernel vhost-vsock: guest CID {}, host port {}",
+                    k.cid,
+                    k.port
+                );
+                cmdline.push_str(&format!(" yarv.port={}", k.port));
+                let fd = k.device.as_raw_fd();
+                (
+                    Vsock::Kernel {
+                        cid: k.cid,
+                        vhostfd: Some(fd),
+                    },
+                    AgentListener::Vsock {
+                        listener: k.listener,
+                        cid: k.cid,
+                    },
+                    Some(k.device),
+                )
+            }
+            None => {
+                let vsock_bin = find_tool("vhost-device-vsock", &opts.runtime_dir.dir)?;
+                let (vsock_sock, uds) = (rd.join("vsock.sock"), rd.join("vm.vsock"));
+                let daemon = start_helper(
+                    "vhost-device-vsock",
+                    Command::new(vsock_bin)
+                        .args(["--guest-cid", "3", "--socket"])
+                        .arg(&vsock_sock)
+                        .arg("--uds-path")
+                        .arg(&uds),
+                    &vsock_sock,
+                    &rd.join("vsock.log"),
+                )
+                .await?;
+                helpers.push(("vhost-device-vsock", daemon));
+                let listener = tokio::net::UnixListener::bind(guest_socket(&uds))
+                    .context("cannot listen for the guest agent")?;
+                (
+                    Vsock::VhostUser { socket: vsock_sock },
+                    AgentListener::Unix(listener),
+                    None,
+                )
+            }
+        };
 
         let mut shares = Vec::new();
         if !d.volumes.is_empty() {
@@ -253,25 +310,29 @@ impl RunningVm {
             memory_mib,
             kernel: opts.runtime_dir.kernel.clone(),
             initrd: opts.runtime_dir.initramfs.clone(),
-            cmdline: format!("console=ttyS0 quiet panic=-1 yarv.hostname={}", d.hostname),
+            cmdline,
             disks: vec![Disk {
                 path: d.image.path.clone(),
                 serial: "image".into(),
                 read_only: true,
             }],
-            vsock: Some(Vsock::VhostUser { socket: vsock_sock }),
+            vsock: Some(vsock),
             shares,
             console_log: Some(console.clone()),
         };
         let qemu_log = rd.join("qemu.log");
-        let mut qemu = spawn_tied(
-            Command::new("qemu-system-x86_64")
-                .args(config.to_args()?)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&qemu_log)?),
-            "qemu-system-x86_64",
-        )?;
+        let mut qemu_cmd = Command::new("qemu-system-x86_64");
+        qemu_cmd
+            .args(config.to_args()?)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&qemu_log)?);
+        if let Some(device) = &inherited {
+            inherit_fd(&mut qemu_cmd, device.as_raw_fd());
+        }
+        let mut qemu = spawn_tied(&mut qemu_cmd, "qemu-system-x86_64")?;
+        // QEMU holds the device (and so the CID) now.
+        drop(inherited);
         tracing::debug!(
             "QEMU started: {} vCPU, {memory_mib} MiB, {}",
             config.cpus,

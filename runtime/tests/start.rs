@@ -428,3 +428,50 @@ async fn a_runtime_dir_without_a_kernel_fails_at_start_with_a_clear_line() {
     assert!(err.contains("no guest kernel"), "{err}");
     assert!(activity.leftovers().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_vsock_boots_where_the_host_has_it_and_is_a_clear_error_elsewhere() {
+    let activity = Activity::deploy().await;
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-vsock")
+        .is_ok();
+    if usable {
+        let mut cmd = activity.command();
+        cmd.args(["--vsock", "kernel", "start"]);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let rt = spawn(cmd, Events(tx)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
+            .await
+            .expect("boot in time")
+            .unwrap();
+        let pid = rt
+            .run_process(run("/bin/echo", &["echo", "over the kernel's vsock"]))
+            .await
+            .unwrap()
+            .pid;
+        assert_eq!(
+            finish(&mut events, pid).await.0,
+            b"over the kernel's vsock\n"
+        );
+        assert!(activity.pid_of("vhost-device-vsock").is_none());
+        rt.shutdown().await.unwrap();
+        assert_eq!(rt.stopped().await, 0);
+    } else {
+        let out = activity
+            .command()
+            .args(["--vsock", "kernel", "start"])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("--vsock kernel: /dev/vhost-vsock is missing"),
+            "{err}"
+        );
+    }
+    let left = activity.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+}
