@@ -114,11 +114,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
         return Err(EncodeError(len));
     }
     let mut out = Vec::with_capacity(HEADER_LEN + len);
-    out.push(VERSION);
-    out.push(kind as u8);
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&id.to_le_bytes());
+    push_header(&mut out, kind, len, id);
     // Writing into a Vec cannot run out of space.
     let _ = match frame {
         Frame::Request(_, m) => m.encode(&mut out),
@@ -126,6 +122,61 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, EncodeError> {
         Frame::Notification(m) => m.encode(&mut out),
     };
     Ok(out)
+}
+
+fn push_header(out: &mut Vec<u8>, kind: Kind, len: usize, id: u64) {
+    out.push(VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+}
+
+/// Appends to `out` the frame of an `Output` notification: byte for byte what [`encode`] makes
+/// of `Notification { body: Output { pid, fd, data } }`, without building the message first, so
+/// the guest's hot path copies the process output once (from its read buffer into `out`).
+pub fn encode_output_into(
+    out: &mut Vec<u8>,
+    pid: u64,
+    fd: u32,
+    data: &[u8],
+) -> Result<(), EncodeError> {
+    use prost::encoding::{encode_varint, encoded_len_varint};
+    // Output's fields (proto3: zero values and empty bytes are not written).
+    let field = |present: bool, value: u64| {
+        if present {
+            1 + encoded_len_varint(value)
+        } else {
+            0
+        }
+    };
+    let inner = field(pid != 0, pid)
+        + field(fd != 0, u64::from(fd))
+        + field(!data.is_empty(), data.len() as u64)
+        + data.len();
+    // Notification { body: oneof tag 1 = Output }, always written when set.
+    let len = 1 + encoded_len_varint(inner as u64) + inner;
+    if len > MAX_PAYLOAD {
+        return Err(EncodeError(len));
+    }
+    out.reserve(HEADER_LEN + len);
+    push_header(out, Kind::Notification, len, 0);
+    out.push(0x0A); // field 1, length-delimited
+    encode_varint(inner as u64, out);
+    if pid != 0 {
+        out.push(0x08); // field 1, varint
+        encode_varint(pid, out);
+    }
+    if fd != 0 {
+        out.push(0x10); // field 2, varint
+        encode_varint(u64::from(fd), out);
+    }
+    if !data.is_empty() {
+        out.push(0x1A); // field 3, length-delimited
+        encode_varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+    Ok(())
 }
 
 /// Turns a byte stream into frames. Feed it whatever arrives; it keeps at most one frame's worth

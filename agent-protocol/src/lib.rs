@@ -15,7 +15,8 @@ pub mod frame;
 pub mod messages;
 
 pub use frame::{
-    encode, DecodeError, EncodeError, Frame, FrameDecoder, Kind, HEADER_LEN, MAX_PAYLOAD, VERSION,
+    encode, encode_output_into, DecodeError, EncodeError, Frame, FrameDecoder, Kind, HEADER_LEN,
+    MAX_PAYLOAD, VERSION,
 };
 pub use messages::*;
 

@@ -91,3 +91,47 @@ proptest! {
         prop_assert_eq!(got, frames);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The output fast path writes exactly what the generic encoder writes, appended to whatever
+    /// the buffer held.
+    #[test]
+    fn output_fast_path_matches_the_generic_encoder(
+        pid in prop_oneof![Just(0u64), any::<u64>(), 0u64..300],
+        fd in prop_oneof![Just(0u32), Just(1u32), Just(2u32), any::<u32>()],
+        data in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            proptest::collection::vec(any::<u8>(), 16_380..16_390),
+        ],
+        prefix in proptest::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let frame = Frame::Notification(Notification {
+            body: Some(notification::Body::Output(Output { pid, fd, data: data.clone() })),
+        });
+        let mut want = prefix.clone();
+        want.extend(encode(&frame).unwrap());
+        let mut got = prefix;
+        encode_output_into(&mut got, pid, fd, &data).unwrap();
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn output_fast_path_refuses_what_the_generic_encoder_refuses() {
+    let data = vec![0u8; MAX_PAYLOAD];
+    let mut out = Vec::new();
+    assert!(encode_output_into(&mut out, 1, 1, &data).is_err());
+    assert!(out.is_empty());
+    let max_chunk = vec![7u8; MAX_OUTPUT_CHUNK];
+    encode_output_into(&mut out, u64::MAX, 2, &max_chunk).unwrap();
+    let mut d = FrameDecoder::new();
+    d.feed(&out);
+    match d.next_frame().unwrap() {
+        Some(Frame::Notification(Notification {
+            body: Some(notification::Body::Output(o)),
+        })) => assert_eq!((o.pid, o.fd, o.data.len()), (u64::MAX, 2, MAX_OUTPUT_CHUNK)),
+        other => panic!("{other:?}"),
+    }
+}

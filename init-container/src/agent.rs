@@ -14,8 +14,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agent_protocol::{
-    encode, notification, request, response, DecodeError, Empty, Error as WireError, Exited, Frame,
-    FrameDecoder, Hello, Notification, Output, Request, Response, Started, MAX_OUTPUT_CHUNK,
+    encode, encode_output_into, notification, request, response, DecodeError, Empty,
+    Error as WireError, Exited, Frame, FrameDecoder, Hello, Notification, Request, Response,
+    Started, MAX_OUTPUT_CHUNK,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -446,31 +447,49 @@ impl Agent {
             return;
         };
         let Some(pipe) = p.pipes.get(i) else { return };
-        let stream = pipe.stream;
-        match read_fd(pipe.fd.as_raw_fd(), buf) {
-            Ok(0) => {
-                p.pipes.remove(i);
-            }
-            Ok(n) => self.send_output(pid, stream, &buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                log!("read from pid {pid}: {e}");
-                p.pipes.remove(i);
+        let (stream, fd) = (pipe.stream, pipe.fd.as_raw_fd());
+        // Take what the pipe holds, chunk by chunk, while the queue has room: one poll round per
+        // pipe-full rather than per chunk (each round costs context switches, dear under TCG).
+        loop {
+            match read_fd(fd, buf) {
+                Ok(0) => {
+                    if let Some(p) = self.procs.get_mut(&pid) {
+                        p.pipes.remove(i);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    self.send_output(pid, stream, &buf[..n]);
+                    let room = self.conn.as_ref().is_some_and(|c| c.queued() < OUT_LIMIT);
+                    if n < buf.len() || !room {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return
+                }
+                Err(e) => {
+                    log!("read from pid {pid}: {e}");
+                    if let Some(p) = self.procs.get_mut(&pid) {
+                        p.pipes.remove(i);
+                    }
+                    return;
+                }
             }
         }
     }
 
+    /// Queues one output chunk, encoded straight into the connection's buffer (one copy).
     fn send_output(&mut self, pid: i32, fd: u32, data: &[u8]) {
-        let body = notification::Body::Output(Output {
-            pid: pid as u64,
-            fd,
-            data: data.to_vec(),
-        });
-        self.send(&Frame::Notification(Notification { body: Some(body) }));
+        let Some(c) = &mut self.conn else { return };
+        if let Err(e) = encode_output_into(&mut c.out, pid as u64, fd, data) {
+            log!("dropping an unencodable output chunk: {e}");
+        }
     }
 
     /// Reaps every child that has ended; ours get their drain budget set.

@@ -6,6 +6,8 @@
 //! the agent, which connects to the host: vhost-device-vsock delivers the guest's connection to
 //! port P at `<uds-path>_P`, where the harness listens before QEMU starts.
 
+pub mod stats;
+
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};

@@ -5,21 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::stats::{median, ms, percentile, runs_ms};
 use e2e::{cmd, floor_boot, Artifacts, Vm};
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    percentile(&v, 0.5)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -70,12 +57,12 @@ fn main() {
     println!(
         "  bare kernel-boot floor (start → power-off)   median {:8.0} ms  runs {}",
         ms(f),
-        fmt(&floor)
+        runs_ms(&floor)
     );
     println!(
         "  boot to agent ready (helpers+QEMU+hello)     median {:8.0} ms  runs {}",
         ms(r),
-        fmt(&ready)
+        runs_ms(&ready)
     );
     println!(
         "  ratio ready / floor                          {:8.2}",
@@ -95,11 +82,4 @@ fn main() {
         "  upstream 0.5.2 warm /bin/true here: 11.6 ms  → ratio p50 / upstream {:.2}",
         ms(percentile(&rtt, 0.5)) / 11.6
     );
-}
-
-fn fmt(v: &[Duration]) -> String {
-    v.iter()
-        .map(|d| format!("{:.0}", ms(*d)))
-        .collect::<Vec<_>>()
-        .join(" ")
 }

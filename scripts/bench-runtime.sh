@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runtime benchmark: the release ya-runtime-vm driven through ya-runtime-api's client, all in one
+# run — cold start vs the bare kernel-boot floor, warm /bin/true p50/p95, stdout throughput vs the
+# raw vsock transport (vsock-send in the same VM), a volume dd vs the host disk, and host RSS of
+# QEMU plus helpers for an idle 256 MiB VM. Prints a markdown table.
+# Arguments: [cold starts (3)] [round trips (200)] [MiB (256)]. YA_RUNTIME_VM_ACCEL defaults to tcg.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$REPO_ROOT"
+bash scripts/setup.sh
+bash scripts/build-runtime.sh release >/dev/null
+bash scripts/build-sample-image.sh >/dev/null
+cargo build --quiet --release -p ya-runtime-vm
+cargo build --quiet -p e2e --bin bench-runtime
+target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+export YA_RUNTIME_VM_ACCEL=${YA_RUNTIME_VM_ACCEL:-tcg}
+YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime" "$target_dir/debug/bench-runtime" \
+  "$target_dir/release/ya-runtime-vm" "$target_dir/x86_64-unknown-linux-gnu/release/vsock-send" "$@"

@@ -1,0 +1,369 @@
+//! Runtime benchmark (run by `scripts/bench-runtime.sh`): the `ya-runtime-vm` binary driven
+//! through ya-runtime-api's own client, as the exe-unit drives it, all in one run:
+//!
+//! - cold start (spawn `start` → first `/bin/true` finished) vs the bare kernel-boot floor;
+//! - warm `/bin/true` round trip (RunProcess → final event), p50/p95;
+//! - stdout throughput (`dd if=/dev/zero bs=64k` through the runtime API) vs the raw throughput of
+//!   the same vsock transport (`vsock-send` in the same VM straight into a host socket);
+//! - a volume write (`dd … conv=fsync` into /golem/output) vs the same dd on the host disk;
+//! - host RSS of QEMU and its helpers for the idle VM (and of the runtime itself).
+//!
+//! Usage: `bench-runtime RUNTIME_BIN VSOCK_SEND [cold-starts (3)] [round-trips (200)] [MiB (256)]`;
+//! the runtime dir comes from `YA_RUNTIME_VM_RUNTIME_DIR` as for the runtime itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use e2e::stats::{median, ms, percentile, runs_ms};
+use e2e::{floor_boot, Artifacts};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use ya_runtime_api::server::{
+    spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeHandler, RuntimeService, RuntimeStatus,
+};
+
+/// The port `vsock-send` connects to (vhost-device-vsock delivers it to `<uds>_PORT`).
+const RAW_PORT: u32 = 5001;
+
+struct Events(mpsc::UnboundedSender<ProcessStatus>);
+
+impl RuntimeHandler for Events {
+    fn on_process_status<'a>(&self, status: ProcessStatus) -> BoxFuture<'a, ()> {
+        let _ = self.0.send(status);
+        futures::future::ready(()).boxed()
+    }
+    fn on_runtime_status<'a>(&self, _: RuntimeStatus) -> BoxFuture<'a, ()> {
+        futures::future::ready(()).boxed()
+    }
+}
+
+/// One activity: a deployed workdir under `dir`, whose scratch dirs also go there.
+struct Bench {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    vols: Vec<(String, PathBuf)>,
+}
+
+type Runtime = Box<dyn RuntimeControlService>;
+trait RuntimeControlService: RuntimeService + RuntimeControl {}
+impl<T: RuntimeService + RuntimeControl> RuntimeControlService for T {}
+
+struct Session {
+    rt: Runtime,
+    events: mpsc::UnboundedReceiver<ProcessStatus>,
+}
+
+impl Session {
+    /// Runs a process to its end: (time from RunProcess to the final event, stdout bytes, code).
+    async fn run(&mut self, argv: &[&str], work_dir: &str) -> (Duration, u64, i32) {
+        let start = Instant::now();
+        let pid = self
+            .rt
+            .run_process(RunProcess {
+                bin: argv[0].into(),
+                args: argv.iter().map(|s| s.to_string()).collect(),
+                work_dir: work_dir.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{argv:?}: {}", e.message))
+            .pid;
+        let mut bytes = 0u64;
+        loop {
+            let s = self.events.recv().await.expect("the runtime is running");
+            assert_eq!(s.pid, pid);
+            bytes += s.stdout.len() as u64;
+            if !s.running {
+                if s.return_code != 0 {
+                    eprintln!("{argv:?}: {}", String::from_utf8_lossy(&s.stderr));
+                }
+                return (start.elapsed(), bytes, s.return_code);
+            }
+        }
+    }
+
+    async fn stop(self) {
+        self.rt.shutdown().await.expect("shutdown");
+        self.rt.stopped().await;
+    }
+}
+
+impl Bench {
+    async fn new(bin: PathBuf, image: &Path) -> Self {
+        // Under target/: the workdir's volumes and the host dd share one disk.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        let dir = tempfile::Builder::new()
+            .prefix("bench-")
+            .tempdir_in(root)
+            .expect("bench dir");
+        std::fs::copy(image, dir.path().join("image.gvmi")).expect("copy the image");
+        let mut b = Self {
+            dir,
+            bin,
+            vols: Vec::new(),
+        };
+        let out = b.command().args(["deploy", "--"]).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "deploy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("deploy JSON");
+        for v in result["vols"].as_array().expect("vols") {
+            let name = v["name"].as_str().expect("name");
+            b.vols.push((
+                v["path"].as_str().expect("path").to_string(),
+                b.dir.path().join("work").join(name),
+            ));
+        }
+        b
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.bin);
+        c.arg("--workdir")
+            .arg(self.dir.path().join("work"))
+            .arg("--task-package")
+            .arg(self.dir.path().join("image.gvmi"))
+            .env("TMPDIR", self.dir.path())
+            .stderr(Stdio::inherit());
+        c
+    }
+
+    fn volume(&self, path: &str) -> &Path {
+        &self.vols.iter().find(|(p, _)| p == path).expect("volume").1
+    }
+
+    async fn start(&self) -> Session {
+        let mut cmd = self.command();
+        cmd.arg("start");
+        let (tx, events) = mpsc::unbounded_channel();
+        let rt = spawn(cmd, Events(tx)).await.expect("spawn start");
+        rt.hello("bench").await.expect("hello");
+        Session {
+            rt: Box::new(rt),
+            events,
+        }
+    }
+
+    /// The running VM's scratch dir.
+    fn scratch(&self) -> PathBuf {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("yrv-"))
+            })
+            .expect("a running VM's scratch dir")
+    }
+
+    /// (program name, RSS in KiB) of every process whose command line names this bench's dir.
+    fn processes(&self) -> Vec<(String, u64, u32)> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).into_owned();
+            if !cmd.contains(&needle) {
+                continue;
+            }
+            let name = Path::new(cmd.split('\0').next().unwrap_or_default())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            found.push((name, rss, pid));
+        }
+        found
+    }
+}
+
+fn mib_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let bin = PathBuf::from(
+        args.next()
+            .expect("usage: bench-runtime RUNTIME_BIN VSOCK_SEND …"),
+    );
+    let vsock_send = PathBuf::from(
+        args.next()
+            .expect("usage: bench-runtime RUNTIME_BIN VSOCK_SEND …"),
+    );
+    let colds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    let trips: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200)
+        .max(1);
+    let mib: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(256)
+        .max(1);
+    let bytes = mib << 20;
+    let a = Artifacts::find();
+    let bench = Bench::new(bin, &a.image).await;
+
+    // Cold starts, each right after a floor boot; the last VM stays up for the rest.
+    let (mut floor, mut cold) = (Vec::new(), Vec::new());
+    let mut session = None;
+    for i in 0..colds {
+        let a2 = a.clone();
+        floor.push(
+            tokio::task::spawn_blocking(move || floor_boot(&a2))
+                .await
+                .unwrap(),
+        );
+        let start = Instant::now();
+        let mut s = bench.start().await;
+        let (_, _, code) = s.run(&["/bin/true"], "").await;
+        cold.push(start.elapsed());
+        assert_eq!(code, 0);
+        if i + 1 < colds {
+            s.stop().await;
+        } else {
+            session = Some(s);
+        }
+    }
+    let mut s = session.expect("one session");
+
+    // Idle RSS first, before any big transfer has touched guest memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let runtime_pid = s.rt.id();
+    let procs = bench.processes();
+    let (runtime_rss, helpers): (Vec<_>, Vec<_>) =
+        procs.iter().partition(|(_, _, pid)| *pid == runtime_pid);
+    let helpers_rss: u64 = helpers.iter().map(|(_, r, _)| r).sum();
+    let helper_list = helpers
+        .iter()
+        .map(|(n, r, _)| format!("{n} {:.1}", *r as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let runtime_rss: u64 = runtime_rss.iter().map(|(_, r, _)| r).sum();
+
+    let mut warm = Vec::with_capacity(trips);
+    for _ in 0..trips {
+        let (took, _, code) = s.run(&["/bin/true"], "").await;
+        assert_eq!(code, 0);
+        warm.push(took);
+    }
+    warm.sort();
+
+    // stdout through the whole path
+    // dd with 64 KiB blocks: busybox `head -c` alone manages ~13 MiB/s under TCG, so it would
+    // measure itself rather than the path.
+    let count = bytes.to_string();
+    let dd_count = format!("count={}", bytes / 65536);
+    let (stdout_took, got, code) = s
+        .run(&["/bin/dd", "if=/dev/zero", "bs=65536", &dd_count], "/")
+        .await;
+    assert_eq!((got, code), (bytes, 0));
+
+    // the raw transport: same VM, same vhost-device-vsock, no agent or API in between
+    let send = bench.volume("/golem/input").join("vsock-send");
+    std::fs::copy(&vsock_send, &send).expect("copy vsock-send into the input volume");
+    let listener =
+        tokio::net::UnixListener::bind(bench.scratch().join(format!("vm.vsock_{RAW_PORT}")))
+            .expect("listen for the raw stream");
+    let raw = async {
+        let (mut conn, _) = listener.accept().await.expect("vsock-send connects");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            match conn.read(&mut buf).await.expect("read the raw stream") {
+                0 => break n,
+                k => n += k as u64,
+            }
+        }
+    };
+    let port = RAW_PORT.to_string();
+    let send_argv = ["/golem/input/vsock-send", port.as_str(), count.as_str()];
+    let ((raw_took, _, code), raw_got) = tokio::join!(s.run(&send_argv, "/"), raw);
+    assert_eq!((raw_got, code), (bytes, 0));
+
+    // volume write vs the host disk
+    let dd = |of: &str| {
+        vec![
+            "dd".to_string(),
+            "if=/dev/zero".into(),
+            format!("of={of}"),
+            "bs=1M".into(),
+            format!("count={mib}"),
+            "conv=fsync".into(),
+        ]
+    };
+    let guest_dd = dd("/golem/output/bench.bin");
+    let guest_dd: Vec<&str> = std::iter::once("/bin/dd")
+        .chain(guest_dd.iter().skip(1).map(String::as_str))
+        .collect();
+    let (vol_took, _, code) = s.run(&guest_dd, "/").await;
+    assert_eq!(code, 0);
+    let host_file = bench.dir.path().join("host-dd.bin");
+    let host_dd = dd(&host_file.to_string_lossy());
+    let start = Instant::now();
+    let st = std::process::Command::new(&host_dd[0])
+        .args(&host_dd[1..])
+        .stderr(Stdio::null())
+        .status()
+        .expect("host dd");
+    let host_took = start.elapsed();
+    assert!(st.success());
+    let _ = std::fs::remove_file(&host_file);
+    let _ = std::fs::remove_file(bench.volume("/golem/output").join("bench.bin"));
+    s.stop().await;
+
+    let (f, c) = (median(floor.clone()), median(cold.clone()));
+    let (out_rate, raw_rate) = (mib_per_s(bytes, stdout_took), mib_per_s(bytes, raw_took));
+    let (vol_rate, host_rate) = (mib_per_s(bytes, vol_took), mib_per_s(bytes, host_took));
+    println!(
+        "runtime benchmark (ya-runtime-vm start via ya-runtime-api; TCG, q35, 1 vCPU, 256 MiB)"
+    );
+    println!("| measure | ours | reference | ratio |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| cold start: spawn → first /bin/true done (median of {colds}: {}) | {:.0} ms | bare kernel boot {:.0} ms ({}) | {:.2} |",
+        runs_ms(&cold),
+        ms(c),
+        ms(f),
+        runs_ms(&floor),
+        c.as_secs_f64() / f.as_secs_f64()
+    );
+    println!(
+        "| warm /bin/true round trip, {trips} runs | p50 {:.1} ms, p95 {:.1} ms | upstream 0.5.2 here 11.6 ms | {:.2} |",
+        ms(percentile(&warm, 0.5)),
+        ms(percentile(&warm, 0.95)),
+        ms(percentile(&warm, 0.5)) / 11.6
+    );
+    println!(
+        "| stdout, {mib} MiB | {out_rate:.1} MiB/s | raw vsock {raw_rate:.1} MiB/s | {:.2} |",
+        out_rate / raw_rate
+    );
+    println!(
+        "| volume write, {mib} MiB dd conv=fsync | {vol_rate:.1} MiB/s | host disk {host_rate:.1} MiB/s | {:.2} |",
+        vol_rate / host_rate
+    );
+    println!(
+        "| host RSS, idle 256 MiB VM | {:.1} MiB ({helper_list}) | runtime itself {:.1} MiB | |",
+        helpers_rss as f64 / 1024.0,
+        runtime_rss as f64 / 1024.0
+    );
+}
