@@ -13,6 +13,7 @@ mod console;
 mod error;
 mod modules;
 mod process;
+mod spawn;
 mod users;
 
 use std::path::PathBuf;

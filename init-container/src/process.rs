@@ -2,21 +2,22 @@
 //! output pipes, a bounded stdin buffer, and the exit status with what is left to drain.
 
 use std::collections::VecDeque;
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use agent_protocol::RunProcess;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::unistd::{chdir, chroot, setgid, setgroups, setsid, setuid, Gid, Uid};
 
 use crate::boot::checked_relative;
 use crate::error::{Context, InitError, Result};
+use crate::spawn::{self, Plan, Step};
 use crate::users;
 
 /// Most bytes of stdin held for a process that is not reading it.
 pub const MAX_STDIN_BUFFER: usize = 1024 * 1024;
+/// The search path for a program named without a '/' when the environment has no `PATH`.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Largest argv or env list accepted.
 const MAX_LIST: usize = 64 * 1024;
 
@@ -86,73 +87,81 @@ pub fn spawn(root: &Path, req: &RunProcess) -> Result<Proc> {
         return Err(InitError::sys(format!("working directory {cwd}"), errno));
     }
     let id = users::resolve(root, &req.user, &req.group)?;
-    let mut cmd = Command::new(&req.path);
-    if let Some((first, rest)) = req.argv.split_first() {
-        cmd.arg0(first).args(rest);
-    }
-    cmd.env_clear();
     for kv in &req.env {
-        match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => {
-                cmd.env(k, v);
-            }
-            _ => {
-                return Err(InitError::invalid(format!(
-                    "environment entry {kv:?} is not KEY=VALUE"
-                )))
-            }
+        if !matches!(kv.split_once('='), Some((k, _)) if !k.is_empty()) {
+            return Err(InitError::invalid(format!(
+                "environment entry {kv:?} is not KEY=VALUE"
+            )));
         }
     }
-    cmd.stdin(if req.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let root = root.to_path_buf();
-    let cwd = cwd.to_string();
-    let groups: Vec<Gid> = id.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    let (uid, gid) = (Uid::from_raw(id.uid), Gid::from_raw(id.gid));
-    // SAFETY: the init is single-threaded, so the child may allocate; it only makes system calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            let io = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
-            setsid().map_err(io)?;
-            chroot(&root).map_err(io)?;
-            chdir(cwd.as_str()).map_err(io)?;
-            setgroups(&groups).map_err(io)?;
-            setgid(gid).map_err(io)?;
-            setuid(uid).map_err(io)?;
-            Ok(())
-        });
+    let cstr = |what: &str, s: &str| {
+        CString::new(s).map_err(|_| InitError::invalid(format!("{what} {s:?} holds a NUL byte")))
+    };
+    let cstrs =
+        |what: &str, v: &[String]| v.iter().map(|s| cstr(what, s)).collect::<Result<Vec<_>>>();
+    let mut argv = cstrs("argument", &req.argv)?;
+    if argv.is_empty() {
+        argv.push(cstr("path", &req.path)?);
     }
-    let mut child = cmd.spawn().ctx(|| format!("exec {}", req.path))?;
-    let pid = child.id() as i32;
-    let mut pipes = Vec::with_capacity(2);
-    if let Some(out) = child.stdout.take() {
-        pipes.push(Pipe {
-            fd: OwnedFd::from(out),
+    let env = cstrs("environment entry", &req.env)?;
+    let candidates = exec_candidates(&req.path, &req.env)
+        .iter()
+        .map(|p| cstr("path", p))
+        .collect::<Result<Vec<_>>>()?;
+
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (stdin_w, stdin_r) = if req.stdin {
+        let (r, w) = pipe()?;
+        (Some(w), r)
+    } else {
+        let null = std::fs::File::open("/dev/null").ctx(|| "open /dev/null".into())?;
+        (None, above_stdio(OwnedFd::from(null))?)
+    };
+    let plan = Plan {
+        candidates,
+        argv,
+        env,
+        root: cstr("root", &root.to_string_lossy())?,
+        cwd: cstr("working directory", cwd)?,
+        stdio: [stdin_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        groups: id.groups.clone(),
+        gid: id.gid,
+        uid: id.uid,
+    };
+    let pid = match spawn::spawn(&plan) {
+        Ok(pid) => pid,
+        Err((Step::Exec, errno)) => {
+            return Err(InitError::sys(format!("exec {}", req.path), errno))
+        }
+        Err((step, errno)) => {
+            return Err(InitError::sys(
+                format!("exec {}: {step:?}", req.path),
+                errno,
+            ))
+        }
+    };
+    // The child's ends close here; ours stay.
+    drop((stdin_r, out_w, err_w));
+    let pipes = vec![
+        Pipe {
+            fd: out_r,
             stream: 1,
             drain_left: None,
-        });
-    }
-    if let Some(err) = child.stderr.take() {
-        pipes.push(Pipe {
-            fd: OwnedFd::from(err),
+        },
+        Pipe {
+            fd: err_r,
             stream: 2,
             drain_left: None,
-        });
-    }
-    let stdin = child.stdin.take().map(OwnedFd::from);
+        },
+    ];
     for p in &pipes {
         set_nonblocking(p.fd.as_raw_fd())?;
     }
-    if let Some(s) = &stdin {
+    if let Some(s) = &stdin_w {
         set_nonblocking(s.as_raw_fd())?;
     }
-    // The Child handle is dropped without waiting: the event loop reaps every child itself.
-    drop(child);
+    let stdin = stdin_w;
     Ok(Proc {
         pid,
         pipes,
@@ -161,6 +170,43 @@ pub fn spawn(root: &Path, req: &RunProcess) -> Result<Proc> {
         stdin_close: false,
         status: None,
     })
+}
+
+/// The paths `execve` is tried with: `path` itself when it holds a '/', else `path` in each
+/// directory of the process's `PATH` (the image's default when it has none), like `execvp`.
+fn exec_candidates(path: &str, env: &[String]) -> Vec<String> {
+    if path.contains('/') {
+        return vec![path.to_string()];
+    }
+    let search = env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    search
+        .split(':')
+        .map(|dir| {
+            let dir = if dir.is_empty() { "." } else { dir };
+            format!("{}/{path}", dir.trim_end_matches('/'))
+        })
+        .collect()
+}
+
+/// A close-on-exec pipe, both ends above the standard descriptors: (read, write).
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ctx(|| "pipe".into())?;
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+/// `fd`, moved to a number ≥ 3 if it is 0, 1 or 2 (the child installs its stdio on those, and a
+/// descriptor already there would be overwritten or keep close-on-exec).
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let moved = fcntl(&fd, FcntlArg::F_DUPFD_CLOEXEC(3)).ctx(|| "fcntl F_DUPFD_CLOEXEC".into())?;
+    // SAFETY: fcntl returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) })
 }
 
 /// Bytes waiting in a pipe.
@@ -172,5 +218,22 @@ pub fn pending_bytes(fd: RawFd) -> usize {
         0
     } else {
         n.max(0) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_candidates_follow_execvp() {
+        assert_eq!(exec_candidates("/bin/sh", &[]), ["/bin/sh"]);
+        assert_eq!(exec_candidates("./run", &[]), ["./run"]);
+        let env = ["A=1".to_string(), "PATH=/opt/bin::/usr/bin/".to_string()];
+        assert_eq!(
+            exec_candidates("tool", &env),
+            ["/opt/bin/tool", "./tool", "/usr/bin/tool"]
+        );
+        assert_eq!(exec_candidates("sh", &[]).last().unwrap(), "/bin/sh");
     }
 }

@@ -62,6 +62,24 @@ fn guest_agent_scenario() {
         .unwrap_err();
     assert!(e.contains("working directory /nowhere"), "{e}");
 
+    // a name without '/' is looked up in the process's PATH, as execvp does; a file that is not
+    // executable is EACCES, not "not found"
+    let f = run_ok(&mut agent, cmd(&["echo", "found"]));
+    assert_eq!(f.stdout, b"found\n");
+    let e = agent.run(cmd(&["no-such-tool"])).unwrap_err();
+    assert_eq!(e, "exec no-such-tool: No such file or directory");
+    let e = agent.run(cmd(&["/etc/passwd"])).unwrap_err();
+    assert_eq!(e, "exec /etc/passwd: Permission denied");
+    // the signal mask and SIGPIPE's disposition are the defaults, not the init's
+    let f = run_ok(
+        &mut agent,
+        cmd(&["/bin/grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]),
+    );
+    assert_eq!(
+        f.stdout,
+        b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+
     // stderr is separate from stdout
     let f = run_ok(&mut agent, sh("echo out; echo err >&2; echo out2"));
     assert_eq!(f.stdout, b"out\nout2\n");

@@ -1,0 +1,181 @@
+//! Starting a program the way `posix_spawn` does, with the steps it cannot do (chroot, setsid,
+//! user switch): `clone(CLONE_VM | CLONE_VFORK)`. The child shares the init's memory and the
+//! init sleeps until the child has called `execve` (or failed), so nothing is copied: no page
+//! tables, no copy-on-write faults in either process afterwards. Under TCG a `fork` of the init
+//! and its faults cost several milliseconds per command; this is the agent's hot path.
+//!
+//! The child runs on its own stack and only makes raw system calls on data prepared beforehand:
+//! it must not allocate, take locks or return. A failure is written into the shared [`Plan`]
+//! (which step, errno) before `_exit(127)`, and the init reads it once `clone` returns.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+
+/// The child's stack.
+const STACK_SIZE: usize = 64 * 1024;
+
+/// The step at which the child failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Setting up stdin/stdout/stderr.
+    Stdio,
+    /// Resetting the signal mask and dispositions.
+    Signals,
+    /// `setsid`.
+    Session,
+    /// `chroot` into the image root.
+    Chroot,
+    /// `chdir` to the working directory.
+    Chdir,
+    /// Supplementary groups, gid, uid.
+    Identity,
+    /// `execve` of every candidate path.
+    Exec,
+}
+
+/// Everything the child needs, prepared by the init before `clone`.
+pub struct Plan {
+    /// Paths to try in order (one for a path with a '/', one per `PATH` entry otherwise).
+    pub candidates: Vec<CString>,
+    /// argv, NUL-terminated strings.
+    pub argv: Vec<CString>,
+    /// The environment, `KEY=VALUE`.
+    pub env: Vec<CString>,
+    /// The image root.
+    pub root: CString,
+    /// The working directory inside it.
+    pub cwd: CString,
+    /// Descriptors to install as 0, 1, 2.
+    pub stdio: [RawFd; 3],
+    /// Supplementary groups.
+    pub groups: Vec<libc::gid_t>,
+    /// Group id.
+    pub gid: libc::gid_t,
+    /// User id.
+    pub uid: libc::uid_t,
+}
+
+/// Written by the child on failure (shared memory).
+struct Outcome {
+    failed: Option<(Step, i32)>,
+}
+
+struct Shared<'a> {
+    plan: &'a Plan,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    outcome: Outcome,
+}
+
+/// Starts the plan's program; returns its pid, or the step that failed and its errno (the
+/// failed child is already reaped).
+pub fn spawn(plan: &Plan) -> Result<i32, (Step, Errno)> {
+    let ptrs = |v: &[CString]| {
+        v.iter()
+            .map(|s| s.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect::<Vec<_>>()
+    };
+    let (argv, envp) = (ptrs(&plan.argv), ptrs(&plan.env));
+    let mut shared = Shared {
+        plan,
+        argv: &argv,
+        envp: &envp,
+        outcome: Outcome { failed: None },
+    };
+    let mut stack = vec![0u8; STACK_SIZE];
+    // The stack grows down on x86_64: pass its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + STACK_SIZE) & !15;
+    // SAFETY: `child` only reads `shared` and writes its outcome, on its own stack, and the
+    // parent is suspended (CLONE_VFORK) until the child has exec'd or exited, so `shared`,
+    // `argv`, `envp` and `stack` outlive every use.
+    let pid = unsafe {
+        libc::clone(
+            child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            std::ptr::addr_of_mut!(shared).cast(),
+        )
+    };
+    if pid < 0 {
+        return Err((Step::Exec, Errno::last()));
+    }
+    // SAFETY: the child has finished with `shared` (it exec'd or exited); a volatile read makes
+    // sure the compiler does not assume the value unchanged across the clone.
+    let failed = unsafe { std::ptr::read_volatile(&shared.outcome.failed) };
+    match failed {
+        None => Ok(pid),
+        Some((step, errno)) => {
+            let mut status = 0;
+            // SAFETY: reaps the child that just failed; it is ours.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            Err((step, Errno::from_raw(errno)))
+        }
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// The child: raw system calls only.
+extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the parent's `Shared`, alive and not touched by the suspended parent.
+    let shared = unsafe { &mut *arg.cast::<Shared>() };
+    let plan = shared.plan;
+    let fail = |shared: &mut Shared, step: Step| -> libc::c_int {
+        shared.outcome.failed = Some((step, errno()));
+        // SAFETY: ends the child without running anything of the parent's.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY (all calls below): plain system calls on valid descriptors and pointers into
+    // `plan`, which outlives the child's use of it.
+    unsafe {
+        for (target, &fd) in plan.stdio.iter().enumerate() {
+            // dup2 onto a different number clears close-on-exec on the copy.
+            if libc::dup2(fd, target as RawFd) < 0 {
+                return fail(shared, Step::Stdio);
+            }
+        }
+        // The init blocks SIGCHLD (signalfd) and Rust ignores SIGPIPE: neither carries over.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0
+            || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
+        {
+            return fail(shared, Step::Signals);
+        }
+        if libc::setsid() < 0 {
+            return fail(shared, Step::Session);
+        }
+        if libc::chroot(plan.root.as_ptr()) < 0 {
+            return fail(shared, Step::Chroot);
+        }
+        if libc::chdir(plan.cwd.as_ptr()) < 0 {
+            return fail(shared, Step::Chdir);
+        }
+        // Raw syscalls: glibc's wrappers would try to coordinate threads this child does not own.
+        if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0
+            || libc::syscall(libc::SYS_setgid, plan.gid) < 0
+            || libc::syscall(libc::SYS_setuid, plan.uid) < 0
+        {
+            return fail(shared, Step::Identity);
+        }
+        // Like execvp: the first error other than "not there" wins, else the last one.
+        let mut first_real = 0;
+        for path in &plan.candidates {
+            libc::execve(path.as_ptr(), shared.argv.as_ptr(), shared.envp.as_ptr());
+            let e = errno();
+            if first_real == 0 && !matches!(e, libc::ENOENT | libc::ENOTDIR) {
+                first_real = e;
+            }
+        }
+        if first_real != 0 {
+            *libc::__errno_location() = first_real;
+        }
+        fail(shared, Step::Exec)
+    }
+}
