@@ -10,6 +10,7 @@ pub mod cli;
 pub mod deploy;
 pub mod deployment;
 pub mod kernel_vsock;
+pub mod offer;
 pub mod run;
 pub mod runtime_dir;
 pub mod scratch;

@@ -146,6 +146,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?).await?;
             Ok(ExitCode::from(status))
         }
+        Command::OfferTemplate => {
+            let text =
+                std::fs::read_to_string("/proc/cpuinfo").context("cannot read /proc/cpuinfo")?;
+            let cpu = ya_runtime_vm::offer::parse_cpuinfo(&text)
+                .context("/proc/cpuinfo names no CPU vendor")?;
+            let json = serde_json::to_string(&ya_runtime_vm::offer::template(&cpu))
+                .context("cannot encode the offer template")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{json}")
+                .and_then(|()| out.flush())
+                .context("cannot write the offer template to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
         other => bail!("{} is not implemented yet", other.name()),
     }
 }

@@ -261,7 +261,7 @@ async fn usage_errors_and_unimplemented_subcommands() {
         .await
         .unwrap();
     assert_clean_failure(&out, "--bogus");
-    for sub in ["offer-template", "test"] {
+    for sub in ["test"] {
         let out = env
             .command(&wd, img.to_str().unwrap(), &[])
             .arg(sub)
