@@ -9,6 +9,7 @@
 #   initramfs.cpio         /init (init-container), /modules/*.ko, /modules/order, /dev /proc /sys /mnt /tmp
 #   initramfs-floor.cpio   /init = floor-init only (the boot-benchmark floor)
 #   VERSION                kernel=<version>, initramfs=<file>, modules=<load order>
+#   self-test.gvmi         the image `ya-runtime-vm test` boots (busybox, one volume)
 # /modules/order lists the modules' file names, each after the modules it depends on (from
 # modules.dep); modules built into the kernel (modules.builtin) are left out, compressed ones
 # are stored as plain .ko. Both virtio_pci (q35) and virtio_mmio (microvm) are included.
@@ -154,6 +155,20 @@ make_initramfs() {
     >"$out" || die "cannot pack $root into $out"
 }
 
+# make_self_test_image OUT: the image `ya-runtime-vm test` boots as an activity boots: a busybox
+# root with one volume, so the check covers the vsock agent, exec and virtio-fs.
+make_self_test_image() {
+  local out=$1 root="$tmp/self-test"
+  (cd "$REPO_ROOT" && cargo build --quiet -p test-fixtures --bin gvmi-build) \
+    || die "building gvmi-build failed"
+  busybox_rootfs "$root"
+  mkdir -p "$root/golem/output"
+  printf '%s' '{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/","Volumes":{"/golem/output":{}}}' \
+    >"$tmp/self-test.json"
+  "$target_dir/debug/gvmi-build" "$root" "$tmp/self-test.json" "$out" >/dev/null \
+    || die "building the self-test image failed"
+}
+
 main() {
   build_init
   read_module_index
@@ -165,6 +180,7 @@ main() {
   make_initramfs "$tmp/main" "$bin_dir/init-container" "$tmp/out/initramfs$SUFFIX"
   make_initramfs "$tmp/floor" "$bin_dir/floor-init" "$tmp/out/initramfs-floor$SUFFIX"
   cp "$KERNEL_DIR/vmlinuz" "$tmp/out/vmlinuz"
+  make_self_test_image "$tmp/out/self-test.gvmi"
   {
     echo "kernel=$kver"
     echo "initramfs=initramfs$SUFFIX"

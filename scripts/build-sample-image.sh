@@ -9,26 +9,18 @@ cd "$REPO_ROOT"
 out_dir="$REPO_ROOT/target/images"
 out="$out_dir/sample.gvmi"
 stamp="$out_dir/sample.stamp"
-want=$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)
+want=$(cat "${BASH_SOURCE[0]}" "$REPO_ROOT/scripts/common.sh" | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "$out"; exit 0
 fi
 
-[ -x /bin/busybox ] || die "busybox-static is missing: run scripts/setup.sh"
 cargo build --quiet -p test-fixtures --bin gvmi-build
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
-mkdir -p "$root"/{bin,sbin,etc,tmp,root,proc,sys,dev,golem/input,golem/output,golem/work}
-cp /bin/busybox "$root/bin/busybox"
-for applet in $(/bin/busybox --list); do
-  [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
-done
-chmod 1777 "$root/tmp"
-chmod 755 "$root"
-printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
-printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+busybox_rootfs "$root"
+mkdir -p "$root"/golem/{input,output,work}
 echo "sample image for ya-runtime-vm" >"$root/etc/motd"
 cat >"$work/config.json" <<'JSON'
 {"Hostname":"","User":"","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","GOLEM_SAMPLE=1"],"Cmd":["/bin/sh"],"Entrypoint":null,"WorkingDir":"/golem/work","Volumes":{"/golem/input":{},"/golem/output":{}},"Labels":null,"OnBuild":null}

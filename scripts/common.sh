@@ -17,3 +17,19 @@ export PATH="$TOOLS_DIR/bin:$PATH"
 
 say() { printf '%s\n' "$*" >&2; }
 die() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+# busybox_rootfs ROOT: a minimal image root — static busybox with every applet linked, /etc/passwd
+# and /etc/group with root and nobody, /tmp 1777, / 755, the usual empty mount points.
+busybox_rootfs() {
+  local root=$1 applet
+  [ -x /bin/busybox ] || die "busybox-static is missing: run scripts/setup.sh"
+  mkdir -p "$root"/{bin,sbin,etc,tmp,root,proc,sys,dev}
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  chmod 1777 "$root/tmp"
+  chmod 755 "$root"
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+}

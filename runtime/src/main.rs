@@ -12,6 +12,7 @@ use ya_runtime_vm::cli::{Cli, Command};
 use ya_runtime_vm::deploy::{self, DeployRequest};
 use ya_runtime_vm::deployment::{Resources, DEPLOYMENT_FILE};
 use ya_runtime_vm::runtime_dir::RuntimeDir;
+use ya_runtime_vm::self_test;
 use ya_runtime_vm::vm::VmOptions;
 
 /// Environment variable with a `tracing` filter for the runtime's logs (default `info`).
@@ -146,6 +147,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?).await?;
             Ok(ExitCode::from(status))
         }
+        Command::Test => {
+            let started = std::time::Instant::now();
+            let mut accel = None;
+            let outcome = async {
+                let opts = vm_options(&cli)?;
+                accel = Some(opts.accel.to_string());
+                self_test::preflight(
+                    &opts,
+                    cli.accel,
+                    &HostProbe::probe(),
+                    self_test::kvm_present(),
+                )?;
+                self_test::run(&opts).await
+            }
+            .await;
+            let report = self_test::Report {
+                ok: outcome.is_ok(),
+                accel: accel.clone(),
+                boot_ms: outcome.as_ref().ok().map(|d| d.as_millis() as u64),
+                total_ms: started.elapsed().as_millis() as u64,
+                error: outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{e:#}").replace('\n', " ")),
+            };
+            let json = serde_json::to_string(&report).context("cannot encode the report")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{json}")
+                .and_then(|()| out.flush())
+                .context("cannot write the report to stdout")?;
+            let boot = outcome?;
+            eprintln!(
+                "ya-runtime-vm: self-test passed ({}, VM up in {} ms)",
+                accel.unwrap_or_default(),
+                boot.as_millis()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::OfferTemplate => {
             let text =
                 std::fs::read_to_string("/proc/cpuinfo").context("cannot read /proc/cpuinfo")?;
@@ -159,6 +198,5 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot write the offer template to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("{} is not implemented yet", other.name()),
     }
 }

@@ -79,7 +79,7 @@ pub struct RunningVm {
 }
 
 /// A helper binary: beside the kernel in the runtime dir, else on `PATH`.
-fn find_tool(name: &str, runtime_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn find_tool(name: &str, runtime_dir: &Path) -> anyhow::Result<PathBuf> {
     let local = runtime_dir.join(name);
     if local.is_file() {
         return Ok(local);

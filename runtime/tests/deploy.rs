@@ -261,15 +261,6 @@ async fn usage_errors_and_unimplemented_subcommands() {
         .await
         .unwrap();
     assert_clean_failure(&out, "--bogus");
-    for sub in ["test"] {
-        let out = env
-            .command(&wd, img.to_str().unwrap(), &[])
-            .arg(sub)
-            .output()
-            .await
-            .unwrap();
-        assert_clean_failure(&out, "not implemented yet");
-    }
     let out = tokio::process::Command::new(BIN)
         .args(["--workdir", wd.to_str().unwrap(), "deploy"])
         .output()

@@ -1,0 +1,213 @@
+//! `test`: the provider's installation check. Boots the self-test image shipped in the runtime
+//! dir exactly as an activity boots (same accelerator choice, vsock transport, virtiofsd, QEMU
+//! options), runs a command that writes through a volume, checks the answer on both sides, and
+//! reports. Every step has a time limit; a missing piece is named with what to do about it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use agent_protocol::{notification, request, response};
+use anyhow::{bail, Context};
+use qemu_config::{AccelRequest, HostProbe};
+use serde::Serialize;
+
+use crate::deploy::{self, DeployRequest};
+use crate::deployment::{Deployment, Resources};
+use crate::run::process_for;
+use crate::vm::{find_tool, RunningVm, VmOptions};
+
+/// The image in the runtime dir.
+pub const IMAGE: &str = "self-test.gvmi";
+/// What the probe prints and writes.
+const ANSWER: &str = "42";
+/// The probe: arithmetic in the guest's shell, written to the volume and read back.
+const PROBE: &str = "echo $((6 * 7)) > /golem/output/probe && cat /golem/output/probe";
+/// How long the probe may run once the VM is up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The result, printed as JSON on stdout.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Whether everything worked.
+    pub ok: bool,
+    /// The accelerator used (`kvm`, `tcg`), once chosen.
+    pub accel: Option<String>,
+    /// Milliseconds from the start of the boot to the agent's answer.
+    pub boot_ms: Option<u64>,
+    /// Milliseconds for the whole test.
+    pub total_ms: u64,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// Problems found before booting: what is missing and what to do.
+pub fn preflight(
+    opts: &VmOptions,
+    request: AccelRequest,
+    host: &HostProbe,
+    kvm_present: bool,
+) -> anyhow::Result<()> {
+    if request == AccelRequest::Auto && kvm_present && host.cpu_virt && !host.kvm_device {
+        bail!(
+            "this host has KVM, but /dev/kvm cannot be opened read-write by this user: add the \
+             user to the kvm group (or pass --accel tcg to test the slow path on purpose)"
+        );
+    }
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .any(|d| d.join(name).is_file())
+    };
+    if !on_path("qemu-system-x86_64") {
+        bail!(
+            "qemu-system-x86_64 is not on PATH: install QEMU (Debian: apt install qemu-system-x86)"
+        );
+    }
+    find_tool("virtiofsd", &opts.runtime_dir.dir)?;
+    if !opts.runtime_dir.dir.join(IMAGE).is_file() {
+        bail!(
+            "runtime directory {}: no {IMAGE}; build it with scripts/build-runtime.sh",
+            opts.runtime_dir.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Boots the self-test image and runs the probe; `Ok` carries the boot time.
+pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
+    let scratch = tempfile::Builder::new()
+        .prefix("yrv-test-")
+        .tempdir()
+        .context("cannot create a scratch directory")?;
+    let workdir = scratch.path().join("work");
+    deploy::deploy(&DeployRequest {
+        workdir: workdir.clone(),
+        package: opts
+            .runtime_dir
+            .dir
+            .join(IMAGE)
+            .to_string_lossy()
+            .into_owned(),
+        cache_dir: scratch.path().join("cache"),
+        resources: Resources {
+            cpu_cores: 1,
+            mem_gib: 0.25,
+            storage_gib: 0.25,
+        },
+        hostname: "golem-test".into(),
+    })
+    .await
+    .context("the self-test image does not deploy")?;
+    let d = Deployment::load(&workdir)?;
+    let boot = Instant::now();
+    let (vm, notes) = RunningVm::start(&d, &workdir, opts).await?;
+    let booted = boot.elapsed();
+    let result = tokio::time::timeout(PROBE_TIMEOUT, probe(&vm, notes, &d)).await;
+    vm.shutdown().await;
+    let out = match result {
+        Ok(r) => r?,
+        Err(_) => bail!(
+            "the probe did not finish within {PROBE_TIMEOUT:?}; console: {}",
+            vm.console_tail()
+        ),
+    };
+    if out.trim() != ANSWER {
+        bail!("the probe answered {out:?} instead of {ANSWER:?}");
+    }
+    let volume = d
+        .volumes
+        .first()
+        .map(|v| workdir.join(&v.name).join("probe"))
+        .context("the self-test image declares no volume")?;
+    let written = std::fs::read_to_string(&volume).unwrap_or_default();
+    if written.trim() != ANSWER {
+        bail!(
+            "the guest's write to its volume did not reach {} (virtio-fs)",
+            volume.display()
+        );
+    }
+    Ok(booted)
+}
+
+async fn probe(
+    vm: &RunningVm,
+    mut notes: crate::agent_client::Notes,
+    d: &Deployment,
+) -> anyhow::Result<String> {
+    let args = ["-c".to_string(), PROBE.to_string()];
+    let pid = match vm
+        .agent
+        .request(request::Body::Run(process_for(d, "/bin/sh", &args)))
+        .await?
+    {
+        response::Body::Started(s) => s.pid,
+        response::Body::Error(e) => bail!("the guest cannot run the probe: {}", e.message),
+        other => bail!("unexpected answer from the guest: {other:?}"),
+    };
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(n) = notes.recv().await {
+        match n.body {
+            Some(notification::Body::Output(o)) if o.pid == pid => {
+                let buf = if o.fd == 2 { &mut err } else { &mut out };
+                // The probe prints a few bytes; a flood is an answer too, just a wrong one.
+                if buf.len() < 4096 {
+                    buf.extend_from_slice(&o.data);
+                }
+            }
+            Some(notification::Body::Exited(e)) if e.pid == pid => {
+                let code = crate::run::exit_code(&e);
+                if code != 0 {
+                    bail!(
+                        "the probe exited with {code}: {}",
+                        String::from_utf8_lossy(&err).trim()
+                    );
+                }
+                return Ok(String::from_utf8_lossy(&out).into_owned());
+            }
+            _ => {}
+        }
+    }
+    bail!(
+        "the VM stopped during the probe; console: {}",
+        vm.console_tail()
+    )
+}
+
+/// Whether this host has KVM at all (the device node exists).
+pub fn kvm_present() -> bool {
+    Path::new("/dev/kvm").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime_dir::RuntimeDir;
+
+    #[test]
+    fn kvm_present_but_inaccessible_is_named() {
+        let opts = VmOptions {
+            runtime_dir: RuntimeDir {
+                dir: "/nonexistent".into(),
+                kernel: "/nonexistent/vmlinuz".into(),
+                initramfs: "/nonexistent/initramfs.cpio".into(),
+            },
+            accel: qemu_config::Accel::Tcg,
+            vsock: crate::cli::VsockRequest::Auto,
+        };
+        let host = HostProbe {
+            kvm_device: false,
+            cpu_virt: true,
+        };
+        let e = preflight(&opts, AccelRequest::Auto, &host, true).unwrap_err();
+        assert!(
+            e.to_string().contains("add the user to the kvm group"),
+            "{e}"
+        );
+        // Asked for TCG on purpose, or no KVM on the host at all: not this error.
+        for (request, present) in [(AccelRequest::Tcg, true), (AccelRequest::Auto, false)] {
+            let e = preflight(&opts, request, &host, present).unwrap_err();
+            assert!(!e.to_string().contains("kvm group"), "{e}");
+        }
+    }
+}
