@@ -7,6 +7,7 @@ TOOLS_DIR="${YA_RUNTIME_VM_TOOLS_DIR:-$REPO_ROOT/.tools}"
 
 VIRTIOFSD_VERSION=1.14.0
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
+CARGO_DEB_VERSION=3.8.0
 # The Debian cloud kernel (virtio, vsock, virtiofs, squashfs and overlay as plain .ko modules).
 # If Debian has dropped this ABI from its archive, setup.sh falls back to what the
 # linux-image-cloud-amd64 meta-package points at, and says so.

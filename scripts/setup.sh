@@ -2,7 +2,8 @@
 # Installs what building, running and testing ya-runtime-vm needs on a Debian machine with Rust.
 # Idempotent and quiet when everything is already there. Run as root or with sudo available.
 #   - Debian packages (QEMU, squashfs-tools, cpio, kmod, busybox-static, build libraries, protoc)
-#   - virtiofsd and vhost-device-vsock, built with `cargo install` into $TOOLS_DIR/bin (pinned)
+#   - virtiofsd and vhost-device-vsock, built with `cargo install` into $TOOLS_DIR/bin (pinned),
+#     and cargo-deb for the .deb package
 #   - the Debian cloud kernel, extracted into $TOOLS_DIR/kernel with its modules indexed by depmod
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -114,6 +115,7 @@ main() {
   mkdir -p "$TOOLS_DIR"
   cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
   cargo_tool vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION"
+  cargo_tool cargo-deb "$CARGO_DEB_VERSION"
   fetch_kernel
 }
 

@@ -10,6 +10,8 @@ bash scripts/setup.sh
 say "test: building the guest runtime directory and the sample image"
 bash scripts/build-runtime.sh >/dev/null
 bash scripts/build-sample-image.sh >/dev/null
+say "test: building the Debian package"
+bash scripts/build-deb.sh >/dev/null
 
 say "test: cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
