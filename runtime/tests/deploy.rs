@@ -241,7 +241,7 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
 }
 
 #[tokio::test]
-async fn usage_errors_and_unimplemented_subcommands() {
+async fn usage_errors_are_one_clear_line() {
     let env = Env::new();
     let (img, _) = env.image("app.gvmi", SAMPLE_CONFIG);
     let wd = env.path("work");
