@@ -137,14 +137,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
         }
         Command::Start { args } => {
-            if !args.is_empty() {
-                bail!("start arguments are not supported yet: {args:?}");
-            }
+            let start_entrypoint = ya_runtime_vm::start::parse_start_args(args)?;
             if cli.vpn_endpoint.is_some() || cli.inet_endpoint.is_some() {
                 bail!("networking (--vpn-endpoint, --inet-endpoint) is not supported yet");
             }
             let workdir = cli.workdir.clone().context("--workdir is required")?;
-            let status = ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?).await?;
+            let status =
+                ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?, start_entrypoint).await?;
             Ok(ExitCode::from(status))
         }
         Command::Test => {

@@ -4,9 +4,9 @@
 
 use serde_json::{json, Value};
 
-/// Runtime capabilities this build really provides (`start-entrypoint`, `vpn`, `inet`,
-/// `manifest-support` and `gpu` are added here as each lands).
-pub const RUNTIME_CAPABILITIES: &[&str] = &[];
+/// Runtime capabilities this build really provides (`vpn`, `inet`, `manifest-support` and `gpu`
+/// are added here as each lands).
+pub const RUNTIME_CAPABILITIES: &[&str] = &["start-entrypoint"];
 
 /// What the offer says about the host CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +103,7 @@ mod tests {
         assert_eq!(t["constraints"], "");
         let p = &t["properties"];
         assert_eq!(p["golem.inf.cpu.vendor"], "GenuineIntel");
-        assert_eq!(p["golem.runtime.capabilities"], json!([]));
+        assert_eq!(p["golem.runtime.capabilities"], json!(["start-entrypoint"]));
         assert_eq!(p["golem.inf.cpu.capabilities"][0], "avx2");
     }
 }

@@ -3,6 +3,11 @@
 //! exits from the guest become `ProcessStatus` events, in order, with backpressure (the API's
 //! event channel holds one event; while it is full, the guest's output is not read).
 //!
+//! With `start-entrypoint` among the start arguments, the image's Entrypoint + Cmd runs as soon
+//! as the VM is up; the start result, `{"start":null,"entrypoint":{"pid":…,"command":[…]}}`, goes
+//! out as the first event (pid 0, which the exe-unit hands to its `start` command as stdout),
+//! and the entrypoint's output follows as its own process's events.
+//!
 //! The runtime ends, with the VM powered off and its helpers gone, on whichever comes first:
 //! Shutdown, the end of stdin, SIGTERM/SIGINT/SIGHUP, or QEMU or a helper dying (an error).
 
@@ -156,6 +161,50 @@ async fn forward(mut notes: Notes, events: impl RuntimeHandler) {
     }
 }
 
+/// The start argument that runs the image's Entrypoint + Cmd after boot.
+pub const START_ENTRYPOINT: &str = "start-entrypoint";
+
+/// Checks `start`'s arguments; returns whether `start-entrypoint` is among them.
+pub fn parse_start_args(args: &[String]) -> anyhow::Result<bool> {
+    let mut entrypoint = false;
+    for a in args {
+        match a.as_str() {
+            START_ENTRYPOINT => entrypoint = true,
+            other => bail!("unknown start argument {other:?} (supported: {START_ENTRYPOINT})"),
+        }
+    }
+    Ok(entrypoint)
+}
+
+/// The image's Entrypoint followed by its Cmd, as Docker runs them.
+pub fn image_entrypoint(d: &Deployment) -> Option<Vec<String>> {
+    let argv: Vec<String> = d
+        .config
+        .entrypoint
+        .iter()
+        .chain(&d.config.cmd)
+        .cloned()
+        .collect();
+    (!argv.is_empty()).then_some(argv)
+}
+
+/// Runs the entrypoint; returns its pid.
+async fn run_entrypoint(vm: &RunningVm, d: &Deployment, argv: &[String]) -> anyhow::Result<u64> {
+    let mut req = process_for(d, &argv[0], &argv[1..]);
+    // argv[0] is the program's file name, as upstream's runtime passes it.
+    if let Some(name) = Path::new(&argv[0]).file_name() {
+        req.argv[0] = name.to_string_lossy().into_owned();
+    }
+    match vm.agent.request(request::Body::Run(req)).await? {
+        response::Body::Started(s) => Ok(s.pid),
+        response::Body::Error(e) => bail!(
+            "the image's entrypoint {argv:?} did not start: {}",
+            e.message
+        ),
+        other => bail!("unexpected answer from the guest: {other:?}"),
+    }
+}
+
 /// Why serving ended.
 enum End {
     /// The exe-unit closed stdin.
@@ -170,9 +219,14 @@ enum End {
 
 /// Boots and serves until one of the ends above; powers the VM off and returns the runtime's
 /// exit status (0, or 128 + the signal that stopped it).
-pub async fn start(workdir: &Path, opts: &VmOptions) -> anyhow::Result<u8> {
+pub async fn start(workdir: &Path, opts: &VmOptions, start_entrypoint: bool) -> anyhow::Result<u8> {
     let mut termination = Termination::listen().context("cannot listen for signals")?;
     let deployment = Deployment::load(workdir)?;
+    let entrypoint = match (start_entrypoint, image_entrypoint(&deployment)) {
+        (false, _) => None,
+        (true, Some(argv)) => Some(argv),
+        (true, None) => bail!("{START_ENTRYPOINT}: the image defines no Entrypoint or Cmd"),
+    };
     let (vm, notes) = tokio::select! {
         booted = RunningVm::start(&deployment, workdir, opts) => booted?,
         signal = termination.recv() => {
@@ -181,20 +235,46 @@ pub async fn start(workdir: &Path, opts: &VmOptions) -> anyhow::Result<u8> {
             return Ok(signals::exit_status(signal));
         }
     };
+    // The entrypoint starts before serving: its output waits in the notification queue until
+    // the start result has gone out.
+    let started = match &entrypoint {
+        Some(argv) => match run_entrypoint(&vm, &deployment, argv).await {
+            Ok(pid) => Some(serde_json::json!({
+                "start": null,
+                "entrypoint": {"pid": pid, "command": argv},
+            })),
+            Err(e) => {
+                vm.shutdown().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let vm = Rc::new(vm);
     let stopped = Rc::new(Notify::new());
     let (served, told) = (vm.clone(), stopped.clone());
     let local = tokio::task::LocalSet::new();
     let end = local
         .run_until(async {
-            let server = ya_runtime_api::server::run_async(move |emitter| {
+            let server = ya_runtime_api::server::run_async(move |emitter| async move {
+                if let Some(result) = started {
+                    // What upstream's SDK sends: the start result as stdout of pid 0.
+                    emitter
+                        .on_process_status(ProcessStatus {
+                            pid: 0,
+                            running: true,
+                            return_code: 0,
+                            stdout: result.to_string().into_bytes(),
+                            stderr: Vec::new(),
+                        })
+                        .await;
+                }
                 tokio::task::spawn_local(forward(notes, emitter));
-                let service = Service {
+                Service {
                     vm: served,
                     deployment,
                     stopped: told,
-                };
-                futures_util::future::ready(service)
+                }
             });
             tokio::pin!(server);
             tokio::select! {

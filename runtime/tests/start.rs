@@ -69,15 +69,18 @@ struct Activity {
 
 impl Activity {
     async fn deploy() -> Self {
+        let sample = std::fs::read(repo().join("target/images/sample.gvmi"))
+            .expect("scripts/build-sample-image.sh");
+        Self::deploy_image(&sample).await
+    }
+
+    /// Deploys these image bytes (as `sample.gvmi` in the activity's dir).
+    async fn deploy_image(image: &[u8]) -> Self {
         let mut a = Self {
             dir: tempfile::tempdir().unwrap(),
             vols: Vec::new(),
         };
-        std::fs::copy(
-            repo().join("target/images/sample.gvmi"),
-            a.dir.path().join("sample.gvmi"),
-        )
-        .expect("scripts/build-sample-image.sh");
+        std::fs::write(a.dir.path().join("sample.gvmi"), image).unwrap();
         let out = a.command().args(["deploy", "--"]).output().await.unwrap();
         assert!(
             out.status.success(),
@@ -368,6 +371,107 @@ async fn closed_stdin_powers_the_vm_off_and_leaves_nothing() {
     assert!(out.stdout.is_empty());
     let left = activity.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The sample image's file system under another configuration.
+fn sample_with_config(config_json: &str) -> Vec<u8> {
+    let sample = std::fs::read(repo().join("target/images/sample.gvmi"))
+        .expect("scripts/build-sample-image.sh");
+    let n = sample.len();
+    let json_len: usize = std::str::from_utf8(&sample[n - 8..])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut image = sample[..n - 8 - json_len - 4].to_vec();
+    image.extend(test_fixtures::images::trailer(config_json.as_bytes()));
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_entrypoint_runs_the_images_entrypoint_and_reports_its_pid() {
+    let activity = Activity::deploy_image(&sample_with_config(
+        r#"{"Env":["PATH=/bin","WHO=entrypoint"],"Entrypoint":["/bin/sh","-c"],
+            "Cmd":["echo started by $WHO in $(pwd); exec sleep 1000"],
+            "WorkingDir":"/golem/work","Volumes":{"/golem/output":{}}}"#,
+    ))
+    .await;
+    let mut cmd = activity.command();
+    cmd.args(["start", "start-entrypoint"]);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let rt = spawn(cmd, Events(tx)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
+        .await
+        .expect("boot in time")
+        .unwrap();
+    // First event: the start result, as stdout of pid 0 (the exe-unit's `start` command output).
+    let first = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.pid, first.running), (0, true));
+    let result: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(result["start"], serde_json::Value::Null);
+    assert_eq!(
+        result["entrypoint"]["command"],
+        serde_json::json!([
+            "/bin/sh",
+            "-c",
+            "echo started by $WHO in $(pwd); exec sleep 1000"
+        ])
+    );
+    let pid = result["entrypoint"]["pid"].as_u64().unwrap();
+    // Then the entrypoint's own output, with the image's Env and WorkingDir; it keeps running
+    // while other processes are served.
+    let mut out = Vec::new();
+    while !out.ends_with(b"\n") {
+        let s = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.pid, pid);
+        out.extend(s.stdout);
+    }
+    assert_eq!(out, b"started by entrypoint in /golem/work\n");
+    let other = rt
+        .run_process(run("/bin/true", &["true"]))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, other).await.2, 0);
+    rt.kill_process(KillProcess { pid, signal: 15 })
+        .await
+        .unwrap();
+    assert_eq!(finish(&mut events, pid).await.2, 128 + 15);
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    let left = activity.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn start_entrypoint_without_one_and_unknown_start_arguments_are_clear_errors() {
+    let activity = Activity::deploy_image(&sample_with_config(
+        r#"{"Env":["PATH=/bin"],"Entrypoint":null,"Cmd":null,"Volumes":{"/golem/output":{}}}"#,
+    ))
+    .await;
+    for (args, needle) in [
+        (
+            &["start", "start-entrypoint"][..],
+            "start-entrypoint: the image defines no Entrypoint or Cmd",
+        ),
+        (
+            &["start", "--bogus-mode"][..],
+            "unknown start argument \"--bogus-mode\" (supported: start-entrypoint)",
+        ),
+    ] {
+        let out = activity.command().args(args).output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(out.stdout.is_empty());
+    }
+    assert!(activity.leftovers().await.is_empty());
 }
 
 /// Kills one of the VM's processes: the runtime notices, ends with an error that names it, and
