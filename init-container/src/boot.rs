@@ -244,6 +244,47 @@ pub fn agent_port() -> u32 {
     agent_port_in(&kernel_cmdline())
 }
 
+/// `/etc/hosts` for a VM named `host`, as a container runtime writes it.
+fn hosts_file(host: &str) -> String {
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{host}\n")
+}
+
+/// Writes `/etc/hostname` and `/etc/hosts` in the root, replacing the image's, as Docker does.
+/// Never through a symlink: the image's `/etc` could otherwise point the init at its own files.
+fn write_identity_files(root: &Path, host: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let etc = root.join("etc");
+    match fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            log!("/etc in the image is not a directory: /etc/hostname and /etc/hosts not written");
+            return Ok(());
+        }
+        Err(_) => ensure_dir(&etc, 0o755)?,
+    }
+    for (name, content) in [
+        ("hostname", format!("{host}\n")),
+        ("hosts", hosts_file(host)),
+    ] {
+        let path = etc.join(name);
+        if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .ctx(|| format!("open {}", path.display()))?;
+        f.write_all(content.as_bytes())
+            .ctx(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs the whole boot sequence.
 pub fn boot() -> Result<()> {
     kernel_filesystems()?;
@@ -254,6 +295,7 @@ pub fn boot() -> Result<()> {
     prepare_root()?;
     let host = hostname_in(&kernel_cmdline());
     nix::unistd::sethostname(&host).ctx(|| format!("sethostname {host}"))?;
+    write_identity_files(Path::new(ROOT), &host)?;
     Ok(())
 }
 
@@ -268,6 +310,37 @@ mod tests {
         assert_eq!(agent_port_in(line), 52000);
         assert_eq!(cmdline_param("a=1 a=2", "a"), Some("2"));
         assert_eq!(cmdline_param("ab=1", "a"), None);
+    }
+
+    #[test]
+    fn hosts_names_localhost_and_the_vm() {
+        let h = hosts_file("node-1");
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(h.ends_with("127.0.1.1\tnode-1\n"));
+    }
+
+    #[test]
+    fn identity_files_replace_the_images_and_never_follow_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        fs::create_dir(&etc).unwrap();
+        let outside = root.path().join("outside");
+        fs::write(&outside, "keep").unwrap();
+        std::os::unix::fs::symlink(&outside, etc.join("hosts")).unwrap();
+        fs::write(etc.join("hostname"), "image\n").unwrap();
+        write_identity_files(root.path(), "vm").unwrap();
+        assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "vm\n");
+        assert_eq!(
+            fs::read_to_string(etc.join("hosts")).unwrap(),
+            hosts_file("vm")
+        );
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
+        // /etc itself a symlink: nothing is written through it.
+        let root2 = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(root.path(), root2.path().join("etc")).unwrap();
+        fs::remove_file(etc.join("hostname")).unwrap();
+        write_identity_files(root2.path(), "other").unwrap();
+        assert!(!etc.join("hostname").exists());
     }
 
     #[test]

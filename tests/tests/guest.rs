@@ -98,6 +98,9 @@ fn guest_agent_scenario() {
         String::from_utf8_lossy(&f.stdout),
         "hi there\n/etc\ne2e\n/bin/sh\n"
     );
+    // the hostname is also in /etc/hostname and /etc/hosts, as in a container
+    let f = run_ok(&mut agent, sh("cat /etc/hostname; grep -c e2e /etc/hosts"));
+    assert_eq!(String::from_utf8_lossy(&f.stdout), "e2e\n1\n");
 
     // a file written by one command is read by the next (the overlay keeps state)
     let f = run_ok(
