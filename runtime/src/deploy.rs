@@ -1,6 +1,7 @@
 //! `deploy`: resolve and verify the package, read its configuration, and prepare the workdir
 //! (`deployment.json` and one directory per volume) — all or nothing.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use image_loader::{read_gvmi, Loader, PackageRef};
 use ya_runtime_api::deploy::{ContainerVolume, DeployResult, StartMode};
 
 use crate::deployment::{Deployment, Image, Resources, FORMAT_VERSION};
+use crate::volume_override::Mount;
 use crate::volumes::{self, Volume};
 
 /// Everything `deploy` takes from the command line.
@@ -24,6 +26,30 @@ pub struct DeployRequest {
     pub resources: Resources,
     /// The VM's hostname.
     pub hostname: String,
+    /// The exe-unit's `--volume-override`, parsed (empty: the image's volumes as they are).
+    pub volume_override: BTreeMap<String, Mount>,
+}
+
+/// The host-volume paths: the image's `VOLUME`s with the override applied (a path it names
+/// takes the override's kind; paths it adds are added). `ram` and `storage` are refused for now.
+fn volume_paths<'a>(
+    image: impl IntoIterator<Item = &'a str>,
+    overrides: &'a BTreeMap<String, Mount>,
+) -> anyhow::Result<Vec<&'a str>> {
+    if let Some((path, m)) = overrides.iter().find(|(_, m)| **m != Mount::Host) {
+        let kind = if matches!(m, Mount::Ram { .. }) {
+            "ram"
+        } else {
+            "storage"
+        };
+        bail!(
+            "--volume-override: {kind} volumes (at {path}) are not supported yet; host volumes are"
+        );
+    }
+    Ok(image
+        .into_iter()
+        .chain(overrides.keys().map(String::as_str))
+        .collect())
 }
 
 /// Checks the granted resources.
@@ -74,8 +100,8 @@ pub async fn deploy(req: &DeployRequest) -> anyhow::Result<DeployResult> {
         .context("image reader task failed")?
         .with_context(|| format!("image {}", local.path.display()))?;
     let user = image.config.user_spec()?;
-    let vols = volumes::plan(image.config.volume_paths())
-        .context("the image declares an unusable VOLUME")?;
+    let paths = volume_paths(image.config.volume_paths(), &req.volume_override)?;
+    let vols = volumes::plan(paths).context("the image declares an unusable VOLUME")?;
     let deployment = Deployment {
         format: FORMAT_VERSION,
         image: Image {

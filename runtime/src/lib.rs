@@ -18,4 +18,5 @@ pub mod self_test;
 pub mod signals;
 pub mod start;
 pub mod vm;
+pub mod volume_override;
 pub mod volumes;

@@ -73,11 +73,10 @@ fn init_logging() {
 }
 
 fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
-    if let Some(v) = cli.volume_override.as_deref() {
-        if !matches!(v.trim(), "" | "{}" | "[]") {
-            bail!("--volume-override is not implemented yet");
-        }
-    }
+    let volume_override = match cli.volume_override.as_deref().map(str::trim) {
+        None | Some("") => Default::default(),
+        Some(json) => ya_runtime_vm::volume_override::parse(json)?,
+    };
     Ok(DeployRequest {
         workdir: cli.workdir.clone().context("--workdir is required")?,
         package: cli
@@ -95,6 +94,7 @@ fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
             storage_gib: cli.storage_gib,
         },
         hostname: cli.hostname.clone(),
+        volume_override,
     })
 }
 

@@ -96,6 +96,7 @@ pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
             storage_gib: 0.25,
         },
         hostname: "golem-test".into(),
+        volume_override: Default::default(),
     })
     .await
     .context("the self-test image does not deploy")?;

@@ -119,6 +119,21 @@ async fn deploys_a_local_image() {
         "{text}"
     );
 
+    // The exe-unit's volume override (host kind): its paths join the image's, in both forms.
+    for json in [
+        r#"["/golem/input", "/data/"]"#,
+        r#"{"/data": {"host": {}}, "/golem/output": {"host": {}}}"#,
+    ] {
+        let wd2 = env.path(&format!("work-{}", json.len()));
+        let out = env
+            .deploy(&wd2, img.to_str().unwrap(), &["--volume-override", json])
+            .await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        let result = DeployResult::from_bytes(&out.stdout).unwrap();
+        let paths: Vec<_> = result.vols.iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(paths, ["/data", "/golem/input", "/golem/output"], "{json}");
+    }
+
     let d = Deployment::load(&wd).unwrap();
     assert_eq!(d.image.path, img.canonicalize().unwrap());
     assert_eq!(d.resources.cpu_cores, 2);
@@ -215,7 +230,27 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
         (
             good.display().to_string(),
             vec!["--volume-override", r#"{"/x":{"ram":{"size":"1GiB"}}}"#],
-            "not implemented yet",
+            "ram volumes (at /x) are not supported yet",
+        ),
+        (
+            good.display().to_string(),
+            vec!["--volume-override", r#"["relative/path"]"#],
+            "--volume-override: volume path \"relative/path\" is not absolute",
+        ),
+        (
+            good.display().to_string(),
+            vec!["--volume-override", r#"{"/":{"host":{}}}"#],
+            "/ cannot be a host volume",
+        ),
+        (
+            good.display().to_string(),
+            vec!["--volume-override", r#"{"/x":{"nfs":{}}}"#],
+            "--volume-override is not a volume list or map",
+        ),
+        (
+            good.display().to_string(),
+            vec!["--volume-override", r#"{"/x":{"ram":{"size":0}}}"#],
+            "the ram volume at /x has size 0",
         ),
     ];
     for (package, extra, needle) in cases {

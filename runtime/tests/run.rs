@@ -206,3 +206,34 @@ fn ctrl_c_powers_the_vm_off_and_exits_130() {
     assert_eq!(status.code(), Some(130));
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
+
+#[test]
+fn a_host_volume_from_the_override_is_shared_like_the_images() {
+    let env = Env::new();
+    let out = env.run(
+        &["--volume-override", r#"{"/data": {"host": {}}}"#],
+        &[
+            "/bin/sh",
+            "-c",
+            "echo from-the-guest > /data/f && ls /golem",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"input\noutput\nwork\n");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.workdir().join("deployment.json")).unwrap())
+            .unwrap();
+    let data = record["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["path"] == "/data")
+        .unwrap();
+    let file = env.workdir().join(data["name"].as_str().unwrap()).join("f");
+    assert_eq!(std::fs::read_to_string(file).unwrap(), "from-the-guest\n");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
