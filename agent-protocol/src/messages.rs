@@ -4,7 +4,7 @@
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
     /// What is asked.
-    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub body: Option<request::Body>,
 }
 
@@ -34,6 +34,9 @@ pub mod request {
         /// Write to (or close) the stdin of a process started with `stdin = true`.
         #[prost(message, tag = "7")]
         Stdin(super::WriteStdin),
+        /// Mount a tmpfs of a fixed size inside the image root (a `ram` volume).
+        #[prost(message, tag = "8")]
+        MountRam(super::MountRam),
     }
 }
 
@@ -95,6 +98,17 @@ pub struct MountVolume {
     /// Absolute path inside the image root; created when missing.
     #[prost(string, tag = "2")]
     pub path: String,
+}
+
+/// A `ram` volume: a tmpfs of `size` bytes at `path`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MountRam {
+    /// Absolute path inside the image root (not `/`); created when missing.
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// Size limit in bytes (at least one page).
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
 }
 
 /// Bytes for a process's stdin.

@@ -381,6 +381,10 @@ impl Agent {
                 Ok(()) => ok,
                 Err(e) => error_response(&e),
             },
+            request::Body::MountRam(m) => match crate::boot::mount_ram(&m.path, m.size) {
+                Ok(()) => ok,
+                Err(e) => error_response(&e),
+            },
             request::Body::Sync(_) | request::Body::Shutdown(_) => {
                 nix::unistd::sync();
                 ok

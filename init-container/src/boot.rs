@@ -200,6 +200,28 @@ pub fn mount_volume(tag: &str, path: &str) -> Result<()> {
     .ctx(|| format!("mount virtio-fs {tag} on {path}"))
 }
 
+/// Creates `path` (absolute, inside the root, not the root itself) and mounts a tmpfs of
+/// `size` bytes there (a `ram` volume; mode 1777 like /tmp).
+pub fn mount_ram(path: &str, size: u64) -> Result<()> {
+    let rel = checked_relative(path)?;
+    if rel.trim_matches('/').is_empty() {
+        return Err(InitError::invalid("a ram volume cannot be mounted on /"));
+    }
+    if size == 0 {
+        return Err(InitError::invalid("a ram volume needs a size"));
+    }
+    let target = Path::new(ROOT).join(rel);
+    fs::create_dir_all(&target).ctx(|| format!("mkdir {path}"))?;
+    mount(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("size={size},mode=1777").as_str()),
+    )
+    .ctx(|| format!("mount a {size}-byte tmpfs on {path}"))
+}
+
 /// `path` without its leading `/`, refused when not absolute or when it has `..`.
 pub fn checked_relative(path: &str) -> Result<&str> {
     if !path.starts_with('/') || path.split('/').any(|c| c == "..") || path.contains('\0') {

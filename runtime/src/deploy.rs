@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use image_loader::{read_gvmi, Loader, PackageRef};
 use ya_runtime_api::deploy::{ContainerVolume, DeployResult, StartMode};
 
-use crate::deployment::{Deployment, Image, Resources, FORMAT_VERSION};
+use crate::deployment::{Deployment, Image, RamVolume, Resources, FORMAT_VERSION};
 use crate::volume_override::Mount;
 use crate::volumes::{self, Volume};
 
@@ -30,26 +30,44 @@ pub struct DeployRequest {
     pub volume_override: BTreeMap<String, Mount>,
 }
 
-/// The host-volume paths: the image's `VOLUME`s with the override applied (a path it names
-/// takes the override's kind; paths it adds are added). `ram` and `storage` are refused for now.
-fn volume_paths<'a>(
+/// The host-volume paths (the image's `VOLUME`s with the override applied: a path it names takes
+/// the override's kind, paths it adds are added) and the `ram` volumes. `storage` volumes and a
+/// `ram` root are refused for now.
+fn plan_volumes<'a>(
     image: impl IntoIterator<Item = &'a str>,
     overrides: &'a BTreeMap<String, Mount>,
-) -> anyhow::Result<Vec<&'a str>> {
-    if let Some((path, m)) = overrides.iter().find(|(_, m)| **m != Mount::Host) {
-        let kind = if matches!(m, Mount::Ram { .. }) {
-            "ram"
-        } else {
-            "storage"
-        };
-        bail!(
-            "--volume-override: {kind} volumes (at {path}) are not supported yet; host volumes are"
-        );
+) -> anyhow::Result<(Vec<&'a str>, Vec<RamVolume>)> {
+    let mut ram = Vec::new();
+    for (path, m) in overrides {
+        match m {
+            Mount::Host => {}
+            Mount::Ram { .. } if path == "/" => {
+                bail!("--volume-override: a ram volume on / is not supported yet; ram volumes elsewhere are")
+            }
+            Mount::Ram { size } => ram.push(RamVolume {
+                path: path.clone(),
+                size: *size,
+            }),
+            Mount::Storage { .. } => bail!(
+                "--volume-override: storage volumes (at {path}) are not supported yet; host and ram volumes are"
+            ),
+        }
     }
-    Ok(image
+    let host = image
         .into_iter()
-        .chain(overrides.keys().map(String::as_str))
-        .collect())
+        .filter(|p| {
+            // An image VOLUME that the override turns into another kind is not a host volume.
+            let n = volumes::normalize(p).ok();
+            !ram.iter().any(|r| Some(&r.path) == n.as_ref())
+        })
+        .chain(
+            overrides
+                .iter()
+                .filter(|(_, m)| **m == Mount::Host)
+                .map(|(p, _)| p.as_str()),
+        )
+        .collect();
+    Ok((host, ram))
 }
 
 /// Checks the granted resources.
@@ -100,7 +118,7 @@ pub async fn deploy(req: &DeployRequest) -> anyhow::Result<DeployResult> {
         .context("image reader task failed")?
         .with_context(|| format!("image {}", local.path.display()))?;
     let user = image.config.user_spec()?;
-    let paths = volume_paths(image.config.volume_paths(), &req.volume_override)?;
+    let (paths, ram_volumes) = plan_volumes(image.config.volume_paths(), &req.volume_override)?;
     let vols = volumes::plan(paths).context("the image declares an unusable VOLUME")?;
     let deployment = Deployment {
         format: FORMAT_VERSION,
@@ -112,6 +130,7 @@ pub async fn deploy(req: &DeployRequest) -> anyhow::Result<DeployResult> {
         config: image.config,
         user,
         volumes: vols,
+        ram_volumes,
         resources: req.resources.clone(),
         hostname: req.hostname.clone(),
     };

@@ -27,10 +27,22 @@ pub struct Deployment {
     pub user: UserSpec,
     /// Host directories shared into the VM.
     pub volumes: Vec<Volume>,
+    /// `ram` volumes of the volume override: tmpfs mounts in the guest, not shared.
+    #[serde(default)]
+    pub ram_volumes: Vec<RamVolume>,
     /// What the agreement grants.
     pub resources: Resources,
     /// The VM's hostname.
     pub hostname: String,
+}
+
+/// A tmpfs of a fixed size at a path in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RamVolume {
+    /// Absolute, normalised path inside the VM.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
 }
 
 /// The image file.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use agent_protocol::{request, response, Empty, MountVolume};
+use agent_protocol::{request, response, Empty, MountRam, MountVolume};
 use anyhow::{bail, Context};
 use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
 use tokio::process::{Child, Command};
@@ -365,21 +365,30 @@ impl RunningVm {
             children: std::sync::Mutex::new(Some(Children { qemu, helpers })),
             agent,
         };
-        for (i, v) in d.volumes.iter().enumerate() {
-            let r = vm
-                .agent
-                .request(request::Body::Mount(MountVolume {
+        // Parents before children, whatever their kinds.
+        let mut mounts: Vec<(&str, request::Body)> = d
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let body = request::Body::Mount(MountVolume {
                     tag: format!("vol{i}"),
                     path: v.path.clone(),
-                }))
-                .await?;
-            if let response::Body::Error(e) = r {
-                bail!(
-                    "cannot mount volume {} at {}: {}",
-                    v.name,
-                    v.path,
-                    e.message
-                );
+                });
+                (v.path.as_str(), body)
+            })
+            .chain(d.ram_volumes.iter().map(|r| {
+                let body = request::Body::MountRam(MountRam {
+                    path: r.path.clone(),
+                    size: r.size,
+                });
+                (r.path.as_str(), body)
+            }))
+            .collect();
+        mounts.sort_by(|a, b| a.0.cmp(b.0));
+        for (path, body) in mounts {
+            if let response::Body::Error(e) = vm.agent.request(body).await? {
+                bail!("cannot mount the volume at {path}: {}", e.message);
             }
         }
         Ok((vm, notes))

@@ -229,8 +229,13 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
         ),
         (
             good.display().to_string(),
-            vec!["--volume-override", r#"{"/x":{"ram":{"size":"1GiB"}}}"#],
-            "ram volumes (at /x) are not supported yet",
+            vec!["--volume-override", r#"{"/":{"ram":{"size":"1GiB"}}}"#],
+            "a ram volume on / is not supported yet",
+        ),
+        (
+            good.display().to_string(),
+            vec!["--volume-override", r#"{"/s":{"storage":{"size":"1GiB"}}}"#],
+            "storage volumes (at /s) are not supported yet",
         ),
         (
             good.display().to_string(),

@@ -237,3 +237,42 @@ fn a_host_volume_from_the_override_is_shared_like_the_images() {
     assert_eq!(std::fs::read_to_string(file).unwrap(), "from-the-guest\n");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
+
+#[test]
+fn a_ram_volume_holds_its_size_and_refuses_more() {
+    let env = Env::new();
+    // /golem/output is an image VOLUME turned into RAM: no host dir for it any more.
+    let out = env.run(
+        &[
+            "--volume-override",
+            r#"{"/scratch": {"ram": {"size": "64MiB"}}, "/golem/output": {"ram": {"size": "1MiB"}}}"#,
+        ],
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/scratch/a bs=1M count=32 2>/dev/null && echo took-32 && rm /scratch/a; \
+             dd if=/dev/zero of=/scratch/b bs=1M count=100 2>/dev/null || echo refused-100; \
+             grep -c ' /scratch tmpfs ' /proc/mounts; grep -c ' /golem/output tmpfs ' /proc/mounts",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "took-32\nrefused-100\n1\n1\n"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.workdir().join("deployment.json")).unwrap())
+            .unwrap();
+    let host: Vec<_> = record["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(host, ["/golem/input"]);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
