@@ -10,26 +10,20 @@
 //! ya-exescript --package image.gvmi examples/hello.json
 //! ```
 
-mod script;
-mod transfer;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
-use futures::future::BoxFuture;
-use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use ya_runtime_api::deploy::DeployResult;
-use ya_runtime_api::server::{
-    spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeHandler, RuntimeService, RuntimeStatus,
-};
+use ya_runtime_api::server::{spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
 
-use script::Command;
-use transfer::Volume;
+use local_runner::script::{self, Command};
+use local_runner::transfer::{self, Volume};
+use local_runner::ChannelEvents;
 
 /// How long the VM may take to boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -57,19 +51,6 @@ struct Args {
     /// A global flag for the runtime, repeatable (e.g. --runtime-arg=--accel=tcg).
     #[arg(long = "runtime-arg", allow_hyphen_values = true)]
     runtime_args: Vec<String>,
-}
-
-/// Forwards the runtime's process events to the command being run.
-struct Events(mpsc::UnboundedSender<ProcessStatus>);
-
-impl RuntimeHandler for Events {
-    fn on_process_status<'a>(&self, status: ProcessStatus) -> BoxFuture<'a, ()> {
-        let _ = self.0.send(status);
-        futures::future::ready(()).boxed()
-    }
-    fn on_runtime_status<'a>(&self, _: RuntimeStatus) -> BoxFuture<'a, ()> {
-        futures::future::ready(()).boxed()
-    }
 }
 
 /// A started runtime.
@@ -131,7 +112,7 @@ impl Activity {
                 let mut c = self.command();
                 c.arg("start").args(&s.args);
                 let (tx, rx) = mpsc::unbounded_channel();
-                let rt = spawn(c, Events(tx))
+                let rt = spawn(c, ChannelEvents(tx))
                     .await
                     .with_context(|| format!("cannot start {}", self.runtime.display()))?;
                 match tokio::time::timeout(BOOT_TIMEOUT, rt.hello("0.1.0")).await {

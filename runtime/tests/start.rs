@@ -6,30 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
+use local_runner::ChannelEvents;
 use tokio::sync::mpsc;
 use ya_runtime_api::server::{
-    spawn, KillProcess, ProcessStatus, RunProcess, RuntimeControl, RuntimeHandler, RuntimeService,
-    RuntimeStatus,
+    spawn, KillProcess, ProcessStatus, RunProcess, RuntimeControl, RuntimeService,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_ya-runtime-vm");
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Events(mpsc::UnboundedSender<ProcessStatus>);
-
-impl RuntimeHandler for Events {
-    fn on_process_status<'a>(&self, status: ProcessStatus) -> BoxFuture<'a, ()> {
-        let _ = self.0.send(status);
-        futures::future::ready(()).boxed()
-    }
-    fn on_runtime_status<'a>(&self, _: RuntimeStatus) -> BoxFuture<'a, ()> {
-        futures::future::ready(()).boxed()
-    }
 }
 
 /// Collects one process's output until its final event; returns (stdout, stderr, code).
@@ -156,11 +142,22 @@ impl Activity {
         impl RuntimeService + RuntimeControl,
         mpsc::UnboundedReceiver<ProcessStatus>,
     ) {
+        self.start_with(&["start"]).await
+    }
+
+    /// As [`Activity::start`], with these arguments (global flags, `start`, start arguments).
+    async fn start_with(
+        &self,
+        args: &[&str],
+    ) -> (
+        impl RuntimeService + RuntimeControl,
+        mpsc::UnboundedReceiver<ProcessStatus>,
+    ) {
         let mut cmd = self.command();
-        cmd.arg("start")
+        cmd.args(args)
             .stderr(std::fs::File::create(self.dir.path().join("runtime.log")).unwrap());
         let (tx, events) = mpsc::unbounded_channel();
-        let rt = spawn(cmd, Events(tx)).await.unwrap();
+        let rt = spawn(cmd, ChannelEvents(tx)).await.unwrap();
         let version = tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
             .await
             .expect("boot in time")
@@ -395,14 +392,7 @@ async fn start_entrypoint_runs_the_images_entrypoint_and_reports_its_pid() {
             "WorkingDir":"/golem/work","Volumes":{"/golem/output":{}}}"#,
     ))
     .await;
-    let mut cmd = activity.command();
-    cmd.args(["start", "start-entrypoint"]);
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let rt = spawn(cmd, Events(tx)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
-        .await
-        .expect("boot in time")
-        .unwrap();
+    let (rt, mut events) = activity.start_with(&["start", "start-entrypoint"]).await;
     // First event: the start result, as stdout of pid 0 (the exe-unit's `start` command output).
     let first = tokio::time::timeout(Duration::from_secs(30), events.recv())
         .await
@@ -542,14 +532,7 @@ async fn kernel_vsock_boots_where_the_host_has_it_and_is_a_clear_error_elsewhere
         .open("/dev/vhost-vsock")
         .is_ok();
     if usable {
-        let mut cmd = activity.command();
-        cmd.args(["--vsock", "kernel", "start"]);
-        let (tx, mut events) = mpsc::unbounded_channel();
-        let rt = spawn(cmd, Events(tx)).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
-            .await
-            .expect("boot in time")
-            .unwrap();
+        let (rt, mut events) = activity.start_with(&["--vsock", "kernel", "start"]).await;
         let pid = rt
             .run_process(run("/bin/echo", &["echo", "over the kernel's vsock"]))
             .await

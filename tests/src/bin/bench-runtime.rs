@@ -17,28 +17,13 @@ use std::time::{Duration, Instant};
 
 use e2e::stats::{median, ms, percentile, runs_ms};
 use e2e::{floor_boot, Artifacts};
-use futures::future::BoxFuture;
-use futures::FutureExt;
+use local_runner::ChannelEvents;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use ya_runtime_api::server::{
-    spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeHandler, RuntimeService, RuntimeStatus,
-};
+use ya_runtime_api::server::{spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
 
 /// The port `vsock-send` connects to (vhost-device-vsock delivers it to `<uds>_PORT`).
 const RAW_PORT: u32 = 5001;
-
-struct Events(mpsc::UnboundedSender<ProcessStatus>);
-
-impl RuntimeHandler for Events {
-    fn on_process_status<'a>(&self, status: ProcessStatus) -> BoxFuture<'a, ()> {
-        let _ = self.0.send(status);
-        futures::future::ready(()).boxed()
-    }
-    fn on_runtime_status<'a>(&self, _: RuntimeStatus) -> BoxFuture<'a, ()> {
-        futures::future::ready(()).boxed()
-    }
-}
 
 /// One activity: a deployed workdir under `dir`, whose scratch dirs also go there.
 struct Bench {
@@ -141,7 +126,7 @@ impl Bench {
         let mut cmd = self.command();
         cmd.arg("start");
         let (tx, events) = mpsc::unbounded_channel();
-        let rt = spawn(cmd, Events(tx)).await.expect("spawn start");
+        let rt = spawn(cmd, ChannelEvents(tx)).await.expect("spawn start");
         rt.hello("bench").await.expect("hello");
         Session {
             rt: Box::new(rt),
