@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::deploy::{self, DeployRequest};
 use crate::deployment::{Deployment, Resources};
 use crate::run::process_for;
-use crate::vm::{find_tool, RunningVm, VmOptions};
+use crate::vm::{find_tool, on_path, RunningVm, VmOptions};
 
 /// The image in the runtime dir.
 pub const IMAGE: &str = "self-test.gvmi";
@@ -53,13 +53,7 @@ pub fn preflight(
              user to the kvm group (or pass --accel tcg to test the slow path on purpose)"
         );
     }
-    let on_path = |name: &str| {
-        std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .any(|d| d.join(name).is_file())
-    };
-    if !on_path("qemu-system-x86_64") {
+    if on_path("qemu-system-x86_64").is_none() {
         bail!(
             "qemu-system-x86_64 is not on PATH: install QEMU (Debian: apt install qemu-system-x86)"
         );

@@ -78,23 +78,27 @@ pub struct RunningVm {
     pub agent: AgentClient,
 }
 
+/// `name` in the first `PATH` directory that has it as a file.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// A helper binary: beside the kernel in the runtime dir, else on `PATH`.
 pub fn find_tool(name: &str, runtime_dir: &Path) -> anyhow::Result<PathBuf> {
     let local = runtime_dir.join(name);
     if local.is_file() {
         return Ok(local);
     }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!(
-                "{name} not found in {} or PATH (scripts/setup.sh builds it)",
-                runtime_dir.display()
-            )
-        })
+    on_path(name).with_context(|| {
+        format!(
+            "{name} not found in {} or PATH (scripts/setup.sh builds it)",
+            runtime_dir.display()
+        )
+    })
 }
 
 /// Spawns `cmd` so that it dies with this process.
