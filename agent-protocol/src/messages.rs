@@ -4,7 +4,7 @@
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
     /// What is asked.
-    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub body: Option<request::Body>,
 }
 
@@ -37,6 +37,9 @@ pub mod request {
         /// Mount a tmpfs of a fixed size inside the image root (a `ram` volume).
         #[prost(message, tag = "8")]
         MountRam(super::MountRam),
+        /// Mount the ext4 file system of a disk inside the image root (a `storage` volume).
+        #[prost(message, tag = "9")]
+        MountDisk(super::MountDisk),
     }
 }
 
@@ -109,6 +112,21 @@ pub struct MountRam {
     /// Size limit in bytes (at least one page).
     #[prost(uint64, tag = "2")]
     pub size: u64,
+}
+
+/// A `storage` volume: the ext4 file system on the disk with virtio serial `serial`, at `path`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MountDisk {
+    /// The disk's virtio serial.
+    #[prost(string, tag = "1")]
+    pub serial: String,
+    /// Absolute path inside the image root (not `/`); created when missing.
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// ext4's reaction to a file-system error: `continue`, `remount-ro` or `panic` (empty: the
+    /// file system's own setting).
+    #[prost(string, tag = "3")]
+    pub errors: String,
 }
 
 /// Bytes for a process's stdin.

@@ -385,6 +385,12 @@ impl Agent {
                 Ok(()) => ok,
                 Err(e) => error_response(&e),
             },
+            request::Body::MountDisk(m) => {
+                match crate::boot::mount_disk(&m.serial, &m.path, &m.errors) {
+                    Ok(()) => ok,
+                    Err(e) => error_response(&e),
+                }
+            }
             request::Body::Sync(_) | request::Body::Shutdown(_) => {
                 nix::unistd::sync();
                 ok

@@ -1,6 +1,7 @@
 //! Boot, in order: the kernel's file systems, the console, the drivers, the image disk, the
-//! overlay root (squashfs read-only under a tmpfs upper layer), and what processes need inside
-//! that root.
+//! overlay root (squashfs read-only under a writable upper layer: the ext4 disk the host made for
+//! it, or a tmpfs), and what processes need inside that root. Also the volume mounts the agent
+//! is asked for later (virtio-fs, tmpfs, ext4 disks).
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -15,13 +16,15 @@ use crate::log;
 
 /// The image's squashfs, read-only.
 const IMAGE_MNT: &str = "/mnt/image";
-/// The tmpfs holding the overlay's upper and work dirs.
+/// The file system holding the overlay's upper and work dirs.
 const RW_MNT: &str = "/mnt/rw";
 /// The merged root processes run in.
 pub const ROOT: &str = "/mnt/root";
 /// The virtio serial number the host gives the image disk.
 pub const IMAGE_SERIAL: &str = "image";
-/// How long to wait for the image disk to appear.
+/// The virtio serial of the disk for the root's writable layer (`yarv.root=disk`).
+pub const ROOT_SERIAL: &str = "root";
+/// How long to wait for a disk to appear.
 const DISK_WAIT: Duration = Duration::from_secs(10);
 
 fn mount_fs(
@@ -104,18 +107,74 @@ pub fn find_disk(serial: &str) -> Result<PathBuf> {
     }
 }
 
-/// Mounts the image read-only with a tmpfs upper layer at [`ROOT`]. The upper layer's root takes
-/// the mode and owner of the image's root, so the merged root looks like the image's.
-pub fn overlay_root(disk: &Path) -> Result<()> {
+/// Where the root's writable layer lives (`yarv.root=` on the kernel command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpperLayer {
+    /// `yarv.root=disk[:<errors>]`: the ext4 file system on the disk with serial
+    /// [`ROOT_SERIAL`], with ext4's `errors=` behaviour (`remount-ro` when not given).
+    Disk(String),
+    /// `yarv.root=ram:<bytes>`: a tmpfs of that size; absent: a tmpfs of the kernel's default
+    /// size (half the RAM), for guests booted without the runtime.
+    Ram(Option<u64>),
+}
+
+/// The writable layer a command line asks for; a value that does not parse is an error, not a
+/// silent fallback to RAM.
+fn upper_layer_in(cmdline: &str) -> Result<UpperLayer> {
+    match cmdline_param(cmdline, "yarv.root") {
+        None => Ok(UpperLayer::Ram(None)),
+        Some("disk") => Ok(UpperLayer::Disk("remount-ro".into())),
+        Some(v) if v.starts_with("disk:") => {
+            let errors = &v["disk:".len()..];
+            ext4_options(errors)?;
+            Ok(UpperLayer::Disk(errors.to_string()))
+        }
+        Some(v) => match v.strip_prefix("ram:").map(str::parse::<u64>) {
+            Some(Ok(size)) if size > 0 => Ok(UpperLayer::Ram(Some(size))),
+            _ => Err(InitError::invalid(format!(
+                "yarv.root={v:?} is neither \"disk[:<errors>]\" nor \"ram:<bytes>\""
+            ))),
+        },
+    }
+}
+
+/// The mount options of an ext4 file system the host formatted for this VM: freed blocks go
+/// back to the host (`discard`), and `errors` as asked.
+fn ext4_options(errors: &str) -> Result<String> {
+    match errors {
+        "" => Ok("discard".into()),
+        "continue" | "remount-ro" | "panic" => Ok(format!("discard,errors={errors}")),
+        other => Err(InitError::invalid(format!(
+            "errors={other:?} is not continue, remount-ro or panic"
+        ))),
+    }
+}
+
+/// Mounts the image read-only with a writable upper layer at [`ROOT`]. The upper layer's root
+/// takes the mode and owner of the image's root, so the merged root looks like the image's.
+pub fn overlay_root(disk: &Path, upper_layer: UpperLayer) -> Result<()> {
     let disk_s = disk.to_string_lossy();
     mount_fs(&disk_s, IMAGE_MNT, "squashfs", MsFlags::MS_RDONLY, None)?;
-    mount_fs(
-        "tmpfs",
-        RW_MNT,
-        "tmpfs",
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )?;
+    match upper_layer {
+        UpperLayer::Disk(errors) => {
+            let dev = find_disk(ROOT_SERIAL)?;
+            let opts = ext4_options(&errors)?;
+            mount_fs(
+                &dev.to_string_lossy(),
+                RW_MNT,
+                "ext4",
+                MsFlags::empty(),
+                Some(&opts),
+            )?;
+        }
+        UpperLayer::Ram(size) => {
+            let opts = match size {
+                Some(n) => format!("mode=0755,size={n}"),
+                None => "mode=0755".into(),
+            };
+            mount_fs("tmpfs", RW_MNT, "tmpfs", MsFlags::empty(), Some(&opts))?;
+        }
+    }
     let upper = format!("{RW_MNT}/upper");
     let work = format!("{RW_MNT}/work");
     fs::create_dir_all(&upper).ctx(|| format!("mkdir {upper}"))?;
@@ -200,18 +259,27 @@ pub fn mount_volume(tag: &str, path: &str) -> Result<()> {
     .ctx(|| format!("mount virtio-fs {tag} on {path}"))
 }
 
-/// Creates `path` (absolute, inside the root, not the root itself) and mounts a tmpfs of
-/// `size` bytes there (a `ram` volume; mode 1777 like /tmp).
-pub fn mount_ram(path: &str, size: u64) -> Result<()> {
+/// The directory inside the root for a guest-side volume (`kind`) at `path`, created when
+/// missing; the root itself is refused (its writable layer is chosen at boot).
+fn volume_dir(path: &str, kind: &str) -> Result<PathBuf> {
     let rel = checked_relative(path)?;
     if rel.trim_matches('/').is_empty() {
-        return Err(InitError::invalid("a ram volume cannot be mounted on /"));
-    }
-    if size == 0 {
-        return Err(InitError::invalid("a ram volume needs a size"));
+        return Err(InitError::invalid(format!(
+            "a {kind} volume cannot be mounted on / after boot"
+        )));
     }
     let target = Path::new(ROOT).join(rel);
     fs::create_dir_all(&target).ctx(|| format!("mkdir {path}"))?;
+    Ok(target)
+}
+
+/// Creates `path` (absolute, inside the root, not the root itself) and mounts a tmpfs of
+/// `size` bytes there (a `ram` volume; mode 1777 like /tmp).
+pub fn mount_ram(path: &str, size: u64) -> Result<()> {
+    if size == 0 {
+        return Err(InitError::invalid("a ram volume needs a size"));
+    }
+    let target = volume_dir(path, "ram")?;
     mount(
         Some("tmpfs"),
         &target,
@@ -220,6 +288,31 @@ pub fn mount_ram(path: &str, size: u64) -> Result<()> {
         Some(format!("size={size},mode=1777").as_str()),
     )
     .ctx(|| format!("mount a {size}-byte tmpfs on {path}"))
+}
+
+/// Mounts the ext4 file system of the disk with virtio serial `serial` at `path` (absolute,
+/// inside the root, not the root itself) with ext4's `errors=` behaviour (a `storage` volume).
+/// Like a `ram` volume its top directory is mode 1777 and empty: the `lost+found` the host's
+/// mkfs made is removed.
+pub fn mount_disk(serial: &str, path: &str, errors: &str) -> Result<()> {
+    let opts = ext4_options(errors)?;
+    if serial == IMAGE_SERIAL || serial == ROOT_SERIAL {
+        return Err(InitError::invalid(format!(
+            "disk {serial:?} is not a storage volume"
+        )));
+    }
+    let dev = find_disk(serial)?;
+    let target = volume_dir(path, "storage")?;
+    mount(
+        Some(dev.as_path()),
+        &target,
+        Some("ext4"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .ctx(|| format!("mount ext4 disk {serial} on {path}"))?;
+    let _ = fs::remove_dir(target.join("lost+found"));
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o1777)).ctx(|| format!("chmod {path}"))
 }
 
 /// `path` without its leading `/`, refused when not absolute or when it has `..`.
@@ -312,10 +405,12 @@ pub fn boot() -> Result<()> {
     kernel_filesystems()?;
     let n = crate::modules::load_all(Path::new(crate::modules::MODULES_DIR))?;
     log!("loaded {n} modules");
+    let cmdline = kernel_cmdline();
+    let upper = upper_layer_in(&cmdline)?;
     let disk = find_disk(IMAGE_SERIAL)?;
-    overlay_root(&disk)?;
+    overlay_root(&disk, upper)?;
     prepare_root()?;
-    let host = hostname_in(&kernel_cmdline());
+    let host = hostname_in(&cmdline);
     nix::unistd::sethostname(&host).ctx(|| format!("sethostname {host}"))?;
     write_identity_files(Path::new(ROOT), &host)?;
     Ok(())
@@ -332,6 +427,43 @@ mod tests {
         assert_eq!(agent_port_in(line), 52000);
         assert_eq!(cmdline_param("a=1 a=2", "a"), Some("2"));
         assert_eq!(cmdline_param("ab=1", "a"), None);
+    }
+
+    #[test]
+    fn reads_the_writable_layer_from_the_command_line() {
+        assert_eq!(upper_layer_in("quiet").unwrap(), UpperLayer::Ram(None));
+        assert_eq!(
+            upper_layer_in("yarv.root=disk quiet").unwrap(),
+            UpperLayer::Disk("remount-ro".into())
+        );
+        assert_eq!(
+            upper_layer_in("yarv.root=disk:panic").unwrap(),
+            UpperLayer::Disk("panic".into())
+        );
+        assert_eq!(
+            upper_layer_in("yarv.root=ram:1048576").unwrap(),
+            UpperLayer::Ram(Some(1 << 20))
+        );
+        for bad in [
+            "yarv.root=",
+            "yarv.root=ram:",
+            "yarv.root=ram:0",
+            "yarv.root=tmp",
+            "yarv.root=disk:ro",
+        ] {
+            assert!(upper_layer_in(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ext4_options_take_only_known_error_behaviours() {
+        assert_eq!(ext4_options("").unwrap(), "discard");
+        assert_eq!(
+            ext4_options("remount-ro").unwrap(),
+            "discard,errors=remount-ro"
+        );
+        assert!(ext4_options("continue,dax").is_err());
+        assert!(ext4_options("ro").is_err());
     }
 
     #[test]

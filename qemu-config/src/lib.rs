@@ -28,12 +28,24 @@ pub enum Machine {
 /// A raw disk image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
-    /// The file.
+    /// The file (`/dev/fd/N` for a descriptor QEMU inherits).
     pub path: PathBuf,
     /// The virtio serial the guest finds it by.
     pub serial: String,
-    /// Attach read-only.
-    pub read_only: bool,
+    /// How the guest may use it.
+    pub access: DiskAccess,
+}
+
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskAccess {
+    /// Read-only (the image).
+    ReadOnly,
+    /// Read-write, for the life of the VM only: a scratch disk deleted when the VM ends. Guest
+    /// flushes are not passed to the host disk (nothing on it must survive a host crash); the
+    /// guest's discards punch holes in the file; a host write error (the host disk is full)
+    /// reaches the guest as an I/O error instead of pausing the VM.
+    Scratch,
 }
 
 /// How the guest gets its vsock device.

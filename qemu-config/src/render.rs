@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::{ConfigError, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
+use crate::{ConfigError, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
 
 /// A value inside a QEMU `key=value,…` option: commas doubled, control characters refused.
 fn opt_value(what: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -118,11 +118,16 @@ impl VmConfig {
         }
         push(&["-append", &self.cmdline]);
         for (i, d) in self.disks.iter().enumerate() {
-            let ro = if d.read_only { ",readonly=on" } else { "" };
+            let access = match d.access {
+                DiskAccess::ReadOnly => ",readonly=on",
+                DiskAccess::Scratch => {
+                    ",cache.no-flush=on,discard=unmap,werror=report,rerror=report"
+                }
+            };
             push(&[
                 "-drive",
                 &format!(
-                    "file={},if=none,id=disk{i},format=raw{ro}",
+                    "file={},if=none,id=disk{i},format=raw{access}",
                     opt_path("disk", &d.path)?
                 ),
                 "-device",
@@ -183,7 +188,7 @@ mod tests {
             disks: vec![Disk {
                 path: "/cache/img,1.gvmi".into(),
                 serial: "image".into(),
-                read_only: true,
+                access: DiskAccess::ReadOnly,
             }],
             vsock: Some(Vsock::VhostUser {
                 socket: "/run/a/vsock.sock".into(),
@@ -233,15 +238,16 @@ mod tests {
         });
         c.shares.truncate(1);
         c.console_log = None;
-        c.disks[0].read_only = false;
-        c.disks[0].path = PathBuf::from("/d.img");
+        c.disks[0].access = DiskAccess::Scratch;
+        c.disks[0].path = PathBuf::from("/dev/fd/9");
         assert_eq!(
             joined(&c),
             "-accel kvm -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none -serial none \
              -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
-             -drive file=/d.img,if=none,id=disk0,format=raw -device virtio-blk-device,drive=disk0,serial=image \
+             -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,discard=unmap,werror=report,rerror=report \
+             -device virtio-blk-device,drive=disk0,serial=image \
              -device vhost-vsock-device,guest-cid=7 \
              -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0"
         );

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use image_loader::{ContainerConfig, UserSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::volume_override::OnErrors;
 use crate::volumes::Volume;
 
 /// File name of the deployment record inside the workdir.
 pub const DEPLOYMENT_FILE: &str = "deployment.json";
 /// Version of the record's layout; bumped on incompatible changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What `deploy` wrote for `start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,8 +29,11 @@ pub struct Deployment {
     /// Host directories shared into the VM.
     pub volumes: Vec<Volume>,
     /// `ram` volumes of the volume override: tmpfs mounts in the guest, not shared.
-    #[serde(default)]
     pub ram_volumes: Vec<RamVolume>,
+    /// `storage` volumes of the volume override: scratch disks formatted ext4, not shared.
+    pub storage_volumes: Vec<StorageVolume>,
+    /// Where the root's writable layer lives.
+    pub root: RootLayer,
     /// What the agreement grants.
     pub resources: Resources,
     /// The VM's hostname.
@@ -43,6 +47,39 @@ pub struct RamVolume {
     pub path: String,
     /// Bytes.
     pub size: u64,
+}
+
+/// A scratch disk: an ext4-formatted file in the workdir that lives as long as the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// Bytes.
+    pub size: u64,
+    /// Bytes allocated on the host disk up front (the rest is sparse).
+    pub preallocate: u64,
+    /// ext4's `errors=` behaviour (`None`: the default of the use).
+    pub errors: Option<OnErrors>,
+}
+
+/// A scratch disk mounted at a path in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageVolume {
+    /// Absolute, normalised path inside the VM.
+    pub path: String,
+    /// The disk.
+    pub disk: DiskSpec,
+}
+
+/// The root's writable layer (the overlay's upper layer over the read-only image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootLayer {
+    /// A tmpfs of this many bytes in guest RAM (a `ram` override on `/`).
+    Ram {
+        /// Bytes.
+        size: u64,
+    },
+    /// A scratch disk: the storage grant, or a `storage` override on `/`.
+    Disk(DiskSpec),
 }
 
 /// The image file.
@@ -65,6 +102,13 @@ pub struct Resources {
     pub mem_gib: f64,
     /// Storage in GiB.
     pub storage_gib: f64,
+}
+
+impl Resources {
+    /// The storage grant in bytes.
+    pub fn storage_bytes(&self) -> u64 {
+        (self.storage_gib * (1u64 << 30) as f64).round() as u64
+    }
 }
 
 /// Why the deployment record could not be read or written.

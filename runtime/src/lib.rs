@@ -14,6 +14,7 @@ pub mod offer;
 pub mod run;
 pub mod runtime_dir;
 pub mod scratch;
+pub mod scratch_disk;
 pub mod self_test;
 pub mod signals;
 pub mod start;

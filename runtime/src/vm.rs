@@ -9,17 +9,83 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use agent_protocol::{request, response, Empty, MountRam, MountVolume};
+use agent_protocol::{request, response, Empty, MountDisk, MountRam, MountVolume};
 use anyhow::{bail, Context};
-use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
+use qemu_config::{Accel, Disk, DiskAccess, FsShare, Machine, VmConfig, Vsock};
 use tokio::process::{Child, Command};
 
 use crate::agent_client::{guest_socket, AgentClient, AgentListener, Notes};
 use crate::cli::VsockRequest;
-use crate::deployment::Deployment;
+use crate::deployment::{Deployment, DiskSpec, RootLayer};
 use crate::kernel_vsock::{self, KernelVsock};
 use crate::runtime_dir::RuntimeDir;
 use crate::scratch;
+use crate::scratch_disk::{self, ScratchDisk};
+
+/// The virtio serial of the root's writable layer (the guest's `ROOT_SERIAL`).
+const ROOT_SERIAL: &str = "root";
+
+/// The virtio serial of the `i`th storage volume's disk.
+fn storage_serial(i: usize) -> String {
+    format!("data{i}")
+}
+
+/// Creates the deployment's scratch disks in `workdir`: the root's writable layer (when it is
+/// on disk) first, then one per storage volume, with their serials.
+async fn create_disks(
+    d: &Deployment,
+    workdir: &Path,
+) -> anyhow::Result<Vec<(String, ScratchDisk)>> {
+    let mut specs: Vec<(String, DiskSpec)> = Vec::new();
+    if let RootLayer::Disk(spec) = d.root {
+        specs.push((ROOT_SERIAL.into(), spec));
+    }
+    specs.extend(
+        d.storage_volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (storage_serial(i), v.disk)),
+    );
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = workdir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mkfs = scratch_disk::find_mkfs()?;
+        let total: u64 = specs.iter().map(|(_, s)| s.size).sum();
+        if let Ok(st) = nix::sys::statvfs::statvfs(&dir) {
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if free < total {
+                tracing::warn!(
+                    "{} has {free} bytes free, less than the {total} bytes of scratch disks this \
+                     VM may fill: writes past that get I/O errors in the guest",
+                    dir.display()
+                );
+            }
+        }
+        specs
+            .into_iter()
+            .map(|(serial, s)| {
+                let disk = ScratchDisk::create(&dir, s.size, s.preallocate, &mkfs)
+                    .with_context(|| format!("scratch disk {serial}"))?;
+                Ok((serial, disk))
+            })
+            .collect()
+    })
+    .await
+    .context("the disk-creating task failed")?
+}
+
+/// The kernel command-line word that tells the guest where its root's writable layer is.
+fn root_param(root: &RootLayer) -> String {
+    match root {
+        RootLayer::Ram { size } => format!("yarv.root=ram:{size}"),
+        RootLayer::Disk(DiskSpec {
+            errors: Some(e), ..
+        }) => format!("yarv.root=disk:{}", e.as_str()),
+        RootLayer::Disk(_) => "yarv.root=disk".into(),
+    }
+}
 
 /// How long the guest may take from QEMU's start to the agent answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -178,7 +244,11 @@ async fn wait_socket(
 
 /// The last `n` non-empty lines of a file, on one line.
 fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    last_lines(&std::fs::read_to_string(path).unwrap_or_default(), n)
+}
+
+/// The last `n` non-empty lines of `text`, trimmed and joined with ` | ` on one line.
+pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
@@ -203,9 +273,14 @@ impl RunningVm {
         let run_dir = scratch::create().context("cannot create the VM's scratch directory")?;
         let rd = run_dir.path().to_path_buf();
         let mut helpers: Vec<(&'static str, Child)> = Vec::new();
+        let scratch_disks = create_disks(d, workdir).await?;
 
         // Listen before the guest exists: it connects to us as soon as its agent is up.
-        let mut cmdline = format!("console=ttyS0 quiet panic=-1 yarv.hostname={}", d.hostname);
+        let mut cmdline = format!(
+            "console=ttyS0 quiet panic=-1 yarv.hostname={} {}",
+            d.hostname,
+            root_param(&d.root)
+        );
         let kernel = match opts.vsock {
             VsockRequest::User => None,
             VsockRequest::Auto => KernelVsock::open(Path::new(kernel_vsock::DEVICE))?,
@@ -315,11 +390,17 @@ impl RunningVm {
             kernel: opts.runtime_dir.kernel.clone(),
             initrd: opts.runtime_dir.initramfs.clone(),
             cmdline,
-            disks: vec![Disk {
+            disks: std::iter::once(Disk {
                 path: d.image.path.clone(),
                 serial: "image".into(),
-                read_only: true,
-            }],
+                access: DiskAccess::ReadOnly,
+            })
+            .chain(scratch_disks.iter().map(|(serial, disk)| Disk {
+                path: disk.qemu_path(),
+                serial: serial.clone(),
+                access: DiskAccess::Scratch,
+            }))
+            .collect(),
             vsock: Some(vsock),
             shares,
             console_log: Some(console.clone()),
@@ -334,9 +415,13 @@ impl RunningVm {
         if let Some(device) = &inherited {
             inherit_fd(&mut qemu_cmd, device.as_raw_fd());
         }
+        for (_, disk) in &scratch_disks {
+            inherit_fd(&mut qemu_cmd, disk.fd());
+        }
         let mut qemu = spawn_tied(&mut qemu_cmd, "qemu-system-x86_64")?;
-        // QEMU holds the device (and so the CID) now.
+        // QEMU holds the device (and so the CID) now, and the disks: they are gone when it is.
         drop(inherited);
+        drop(scratch_disks);
         tracing::debug!(
             "QEMU started: {} vCPU, {memory_mib} MiB, {}",
             config.cpus,
@@ -387,6 +472,18 @@ impl RunningVm {
                     size: r.size,
                 });
                 (r.path.as_str(), body)
+            }))
+            .chain(d.storage_volumes.iter().enumerate().map(|(i, s)| {
+                let body = request::Body::MountDisk(MountDisk {
+                    serial: storage_serial(i),
+                    path: s.path.clone(),
+                    errors: s
+                        .disk
+                        .errors
+                        .map(|e| e.as_str().to_string())
+                        .unwrap_or_default(),
+                });
+                (s.path.as_str(), body)
             }))
             .collect();
         mounts.sort_by(|a, b| a.0.cmp(b.0));

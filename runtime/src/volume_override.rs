@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 
 use bytesize::ByteSize;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::volumes::{normalize, VolumeError};
 
 /// How `storage` volumes react to file-system errors (ext4's `errors=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnErrors {
     /// `continue`.
     Continue,
@@ -20,6 +21,17 @@ pub enum OnErrors {
     RemountRo,
     /// `panic`.
     Panic,
+}
+
+impl OnErrors {
+    /// The value of ext4's `errors=` mount option.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::RemountRo => "remount-ro",
+            Self::Panic => "panic",
+        }
+    }
 }
 
 /// What backs one path.

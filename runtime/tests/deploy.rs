@@ -229,13 +229,34 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
         ),
         (
             good.display().to_string(),
-            vec!["--volume-override", r#"{"/":{"ram":{"size":"1GiB"}}}"#],
-            "a ram volume on / is not supported yet",
+            vec!["--volume-override", r#"{"/s":{"storage":{"size":"1GiB"}}}"#],
+            "the storage volumes take 1.0 GiB of the 256.0 MiB that --storage-gib grants",
         ),
         (
             good.display().to_string(),
-            vec!["--volume-override", r#"{"/s":{"storage":{"size":"1GiB"}}}"#],
-            "storage volumes (at /s) are not supported yet",
+            vec![
+                "--storage-gib",
+                "4",
+                "--volume-override",
+                r#"{"/":{"storage":{"size":"3GiB"}},"/s":{"storage":{"size":"2GiB"}}}"#,
+            ],
+            "the storage volumes ask for 5.0 GiB in all, more than the 4.0 GiB",
+        ),
+        (
+            good.display().to_string(),
+            vec![
+                "--volume-override",
+                r#"{"/s":{"storage":{"size":"100KiB"}}}"#,
+            ],
+            "the storage volume at /s has 100.0 KiB, less than the 1.0 MiB a disk needs",
+        ),
+        (
+            good.display().to_string(),
+            vec![
+                "--volume-override",
+                r#"{"/s":{"storage":{"size":"1MiB","errors":"ignore"}}}"#,
+            ],
+            "errors \"ignore\" is not continue, remount-ro or panic",
         ),
         (
             good.display().to_string(),

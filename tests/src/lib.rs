@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_config::{Accel, Disk, FsShare, Machine, VmConfig, Vsock};
+use qemu_config::{Accel, Disk, DiskAccess, FsShare, Machine, VmConfig, Vsock};
 
 use agent_protocol::{
     notification, request, response, Exited, Frame, FrameDecoder, Notification, Request,
@@ -251,7 +251,7 @@ pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<S
         vm.disks.push(Disk {
             path: a.image.clone(),
             serial: "image".into(),
-            read_only: true,
+            access: DiskAccess::ReadOnly,
         });
         vm.vsock = Some(Vsock::VhostUser {
             socket: d.join("vsock.sock"),

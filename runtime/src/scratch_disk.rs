@@ -1,0 +1,239 @@
+//! Scratch disks: the files behind the root's writable layer and `storage` volumes. Each is a
+//! nameless file in the workdir (`O_TMPFILE`, or created and unlinked at once where the file
+//! system lacks it), sparse except for the part asked to be preallocated, and formatted ext4 on
+//! the host by `mke2fs` before QEMU gets it as an inherited descriptor (`/dev/fd/N`).
+//!
+//! Having no name, a disk cannot outlive the VM: its space returns to the host when the last
+//! descriptor closes, which happens whatever ends the runtime, SIGKILL included.
+//!
+//! Formatting happens on the host because `mke2fs` there is native code that takes a few
+//! milliseconds, where the guest would need its own `mke2fs` in the initramfs and would run it
+//! under TCG. The host never mounts the file system; only the guest kernel parses it.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The smallest disk accepted (ext4 needs a few blocks for its own metadata).
+pub const MIN_DISK_BYTES: u64 = 1 << 20;
+/// Disks are sized in whole 4 KiB file-system blocks.
+const BLOCK: u64 = 4096;
+/// The ext4 features, spelled out so that the host's `mke2fs.conf` cannot add one the guest
+/// kernel lacks. No journal: nothing on a scratch disk has to survive a crash, since the disk
+/// goes with the VM. No `metadata_csum`: its checksums cost guest CPU (much of it under TCG).
+const FEATURES: &str = "ext_attr,dir_index,filetype,extent,flex_bg,sparse_super,large_file,\
+                        huge_file,dir_nlink,extra_isize,64bit,^has_journal,^resize_inode";
+/// Where `mke2fs` lives when `PATH` (a user's, which often lacks the sbin dirs) does not have it.
+const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
+
+/// Why a scratch disk could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// `mke2fs` is missing.
+    #[error("mke2fs not found on PATH, in /usr/sbin or in /sbin (install e2fsprogs)")]
+    NoMkfs,
+    /// Smaller than [`MIN_DISK_BYTES`].
+    #[error("a disk of {0} bytes is too small (at least {MIN_DISK_BYTES})")]
+    TooSmall(u64),
+    /// The file could not be created or sized.
+    #[error("cannot create a {size}-byte disk in {dir}: {source}")]
+    Create {
+        /// The directory.
+        dir: PathBuf,
+        /// Requested size.
+        size: u64,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The space to preallocate is not there.
+    #[error("cannot preallocate {bytes} bytes in {dir}: {source}")]
+    Preallocate {
+        /// The directory.
+        dir: PathBuf,
+        /// Bytes asked for.
+        bytes: u64,
+        /// The error.
+        source: nix::Error,
+    },
+    /// `mke2fs` could not be run or failed.
+    #[error("mke2fs failed: {0}")]
+    Mkfs(String),
+}
+
+/// An ext4-formatted scratch disk, open read-write. Dropping it closes the last descriptor this
+/// process holds.
+#[derive(Debug)]
+pub struct ScratchDisk {
+    file: File,
+    size: u64,
+}
+
+/// The `mke2fs` to format with.
+pub fn find_mkfs() -> Result<PathBuf, DiskError> {
+    crate::vm::on_path("mke2fs")
+        .or_else(|| {
+            SBIN_DIRS
+                .iter()
+                .map(|d| Path::new(d).join("mke2fs"))
+                .find(|p| p.is_file())
+        })
+        .ok_or(DiskError::NoMkfs)
+}
+
+/// `size` rounded up to whole blocks.
+fn block_aligned(size: u64) -> u64 {
+    size.div_ceil(BLOCK).saturating_mul(BLOCK)
+}
+
+impl ScratchDisk {
+    /// Creates a disk of `size` bytes in `dir` with the first `preallocate` bytes allocated on
+    /// the host disk, formatted ext4 by `mkfs` (from [`find_mkfs`]) with an empty root directory
+    /// owned by root.
+    pub fn create(dir: &Path, size: u64, preallocate: u64, mkfs: &Path) -> Result<Self, DiskError> {
+        if size < MIN_DISK_BYTES {
+            return Err(DiskError::TooSmall(size));
+        }
+        let size = block_aligned(size);
+        let create = |source| DiskError::Create {
+            dir: dir.to_path_buf(),
+            size,
+            source,
+        };
+        let file = tempfile::tempfile_in(dir).map_err(create)?;
+        file.set_len(size).map_err(create)?;
+        format(&file, mkfs)?;
+        // After mkfs, whose discard pass would punch the allocation out again; mode 0 only
+        // allocates what is not allocated yet and keeps the data.
+        let bytes = preallocate.min(size);
+        if bytes > 0 {
+            nix::fcntl::fallocate(
+                &file,
+                nix::fcntl::FallocateFlags::empty(),
+                0,
+                bytes as libc::off_t,
+            )
+            .map_err(|source| DiskError::Preallocate {
+                dir: dir.to_path_buf(),
+                bytes,
+                source,
+            })?;
+        }
+        Ok(Self { file, size })
+    }
+
+    /// The descriptor QEMU must inherit.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// The path QEMU opens the inherited descriptor by.
+    pub fn qemu_path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/fd/{}", self.fd()))
+    }
+
+    /// Bytes, a whole number of blocks.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes the file takes on the host disk now.
+    pub fn allocated(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+}
+
+/// Runs `mkfs` on `file`, which it inherits as `/dev/fd/N`.
+fn format(file: &File, mkfs: &Path) -> Result<(), DiskError> {
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new(mkfs);
+    cmd.args([
+        "-q", "-F", "-O", FEATURES, "-b", "4096", "-I", "256", "-m", "0",
+    ])
+    // Inode tables are zeroed by discarding (punching holes), so the file stays sparse and
+    // the guest has nothing left to initialise.
+    .args(["-E", "lazy_itable_init=0,root_owner=0:0", "-L", "scratch"])
+    .arg(format!("/dev/fd/{fd}"))
+    .env("MKE2FS_CONFIG", "/dev/null")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: fcntl is async-signal-safe; it changes the child's descriptor table only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| DiskError::Mkfs(format!("cannot run {}: {e}", mkfs.display())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let last = crate::vm::last_lines(&String::from_utf8_lossy(&out.stderr), 1);
+    Err(DiskError::Mkfs(format!("{last} ({})", out.status)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfs() -> Option<PathBuf> {
+        find_mkfs().ok()
+    }
+
+    #[test]
+    fn sizes_are_whole_blocks() {
+        assert_eq!(block_aligned(1), 4096);
+        assert_eq!(block_aligned(4096), 4096);
+        assert_eq!(block_aligned((1 << 20) + 1), (1 << 20) + 4096);
+    }
+
+    #[test]
+    fn refuses_tiny_disks() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ScratchDisk::create(dir.path(), 4096, 0, Path::new("/nonexistent")).unwrap_err();
+        assert!(matches!(err, DiskError::TooSmall(4096)), "{err}");
+    }
+
+    #[test]
+    fn a_disk_is_sparse_nameless_and_ext4() {
+        let Some(mkfs) = mkfs() else {
+            panic!("mke2fs is needed for this test (scripts/setup.sh installs e2fsprogs)");
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let disk = ScratchDisk::create(dir.path(), 512 << 20, 0, &mkfs).unwrap();
+        assert_eq!(disk.size(), 512 << 20);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let used = disk.allocated().unwrap();
+        assert!(used < 8 << 20, "a fresh 512 MiB disk takes {used} bytes");
+        // The ext4 superblock magic at 1024 + 0x38.
+        let mut magic = [0u8; 2];
+        std::os::unix::fs::FileExt::read_exact_at(&disk.file, &mut magic, 1024 + 0x38).unwrap();
+        assert_eq!(magic, [0x53, 0xef]);
+    }
+
+    #[test]
+    fn preallocation_survives_formatting() {
+        let mkfs = mkfs().expect("mke2fs (scripts/setup.sh installs e2fsprogs)");
+        let dir = tempfile::tempdir().unwrap();
+        let disk = ScratchDisk::create(dir.path(), 64 << 20, 32 << 20, &mkfs).unwrap();
+        let used = disk.allocated().unwrap();
+        assert!(used >= 32 << 20, "only {used} bytes allocated");
+        assert!(used < 40 << 20, "{used} bytes allocated");
+    }
+
+    #[test]
+    fn a_failing_mkfs_is_reported_in_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ScratchDisk::create(dir.path(), 2 << 20, 0, Path::new("/bin/false")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("mke2fs failed:"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+}
