@@ -389,8 +389,8 @@ mod tests {
         let e =
             err(r#"{"/": {"storage": {"size": "512MiB"}}, "/d": {"storage": {"size": "600MiB"}}}"#);
         assert!(e.contains("more than"), "{e}");
-        let e = err(r#"{"/d": {"storage": {"size": "4KiB"}}}"#);
-        assert!(e.contains("less than the 1.0 MiB a disk needs"), "{e}");
+        let e = err(r#"{"/d": {"storage": {"size": "4MiB"}}}"#);
+        assert!(e.contains("less than the 16.0 MiB a disk needs"), "{e}");
         // A ram root leaves the whole grant to the volumes.
         plan(
             &[],

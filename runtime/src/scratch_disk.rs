@@ -16,15 +16,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The smallest disk accepted (ext4 needs a few blocks for its own metadata).
-pub const MIN_DISK_BYTES: u64 = 1 << 20;
+/// The smallest disk accepted: below 8 MiB `mke2fs` leaves the journal out, and without a
+/// journal ext4's `errors=remount-ro` stops nothing.
+pub const MIN_DISK_BYTES: u64 = 16 << 20;
 /// Disks are sized in whole 4 KiB file-system blocks.
 const BLOCK: u64 = 4096;
 /// The ext4 features, spelled out so that the host's `mke2fs.conf` cannot add one the guest
-/// kernel lacks. No journal: nothing on a scratch disk has to survive a crash, since the disk
-/// goes with the VM. No `metadata_csum`: its checksums cost guest CPU (much of it under TCG).
-const FEATURES: &str = "ext_attr,dir_index,filetype,extent,flex_bg,sparse_super,large_file,\
-                        huge_file,dir_nlink,extra_isize,64bit,^has_journal,^resize_inode";
+/// kernel lacks. A journal although nothing on a scratch disk outlives the VM: the guest kernel
+/// (6.1) honours `errors=remount-ro` by aborting the journal, so without one a file system that
+/// reported an error stays writable. No `metadata_csum`: its checksums cost guest CPU (much of
+/// it under TCG).
+const FEATURES: &str = "has_journal,ext_attr,dir_index,filetype,extent,flex_bg,sparse_super,\
+                        large_file,huge_file,dir_nlink,extra_isize,64bit,^resize_inode";
 /// Where `mke2fs` lives when `PATH` (a user's, which often lacks the sbin dirs) does not have it.
 const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
@@ -153,8 +156,13 @@ fn format(file: &File, mkfs: &Path) -> Result<(), DiskError> {
         "-q", "-F", "-O", FEATURES, "-b", "4096", "-I", "256", "-m", "0",
     ])
     // Inode tables are zeroed by discarding (punching holes), so the file stays sparse and
-    // the guest has nothing left to initialise.
-    .args(["-E", "lazy_itable_init=0,root_owner=0:0", "-L", "scratch"])
+    // the guest has nothing left to initialise; the journal needs no zeroing in a new file,
+    // whose unwritten blocks read as zeros.
+    .args([
+        "-E",
+        "lazy_itable_init=0,lazy_journal_init=1,root_owner=0:0",
+    ])
+    .args(["-L", "scratch"])
     .arg(format!("/dev/fd/{fd}"))
     .env("MKE2FS_CONFIG", "/dev/null")
     .stdin(Stdio::null())
@@ -197,8 +205,9 @@ mod tests {
     #[test]
     fn refuses_tiny_disks() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ScratchDisk::create(dir.path(), 4096, 0, Path::new("/nonexistent")).unwrap_err();
-        assert!(matches!(err, DiskError::TooSmall(4096)), "{err}");
+        let err =
+            ScratchDisk::create(dir.path(), 8 << 20, 0, Path::new("/nonexistent")).unwrap_err();
+        assert!(matches!(err, DiskError::TooSmall(_)), "{err}");
     }
 
     #[test]
@@ -212,10 +221,12 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let used = disk.allocated().unwrap();
         assert!(used < 8 << 20, "a fresh 512 MiB disk takes {used} bytes");
-        // The ext4 superblock magic at 1024 + 0x38.
-        let mut magic = [0u8; 2];
-        std::os::unix::fs::FileExt::read_exact_at(&disk.file, &mut magic, 1024 + 0x38).unwrap();
-        assert_eq!(magic, [0x53, 0xef]);
+        // The ext4 superblock: magic at 1024 + 0x38, s_feature_compat (bit 2: a journal) at
+        // 1024 + 0x5c.
+        let mut sb = [0u8; 0x60];
+        std::os::unix::fs::FileExt::read_exact_at(&disk.file, &mut sb, 1024).unwrap();
+        assert_eq!(sb[0x38..0x3a], [0x53, 0xef]);
+        assert_ne!(sb[0x5c] & 0x4, 0, "no journal");
     }
 
     #[test]
@@ -231,7 +242,8 @@ mod tests {
     #[test]
     fn a_failing_mkfs_is_reported_in_one_line() {
         let dir = tempfile::tempdir().unwrap();
-        let err = ScratchDisk::create(dir.path(), 2 << 20, 0, Path::new("/bin/false")).unwrap_err();
+        let err =
+            ScratchDisk::create(dir.path(), 16 << 20, 0, Path::new("/bin/false")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("mke2fs failed:"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");

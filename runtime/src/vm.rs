@@ -91,6 +91,9 @@ fn root_param(root: &RootLayer) -> String {
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long QEMU gets to power off after the shutdown request.
 const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long QEMU gets to finish exiting when the guest is gone without answering (a guest
+/// kernel panic reboots, and `-no-reboot` turns that into QEMU's exit).
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long a helper gets to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// virtiofsd's sandboxes, strongest first: mount/pid/net namespaces (root or unprivileged user
@@ -245,6 +248,23 @@ async fn wait_socket(
 /// The last `n` non-empty lines of a file, on one line.
 fn tail(path: &Path, n: usize) -> String {
     last_lines(&std::fs::read_to_string(path).unwrap_or_default(), n)
+}
+
+/// What the guest console says about the VM's end: the kernel's panic line when it panicked
+/// (the lines after it are a backtrace, no help to a requestor), else its last `n` lines.
+fn console_summary(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match text
+        .lines()
+        .find(|l| l.contains("Kernel panic - not syncing"))
+    {
+        Some(line) => line
+            .split_once("] ")
+            .map_or(line, |(_, msg)| msg)
+            .trim()
+            .to_string(),
+        None => last_lines(&text, n),
+    }
 }
 
 /// The last `n` non-empty lines of `text`, trimmed and joined with ` | ` on one line.
@@ -495,9 +515,9 @@ impl RunningVm {
         Ok((vm, notes))
     }
 
-    /// The guest console so far, last lines on one line.
+    /// The guest console so far, on one line: the kernel panic line, or the last lines.
     pub fn console_tail(&self) -> String {
-        tail(&self.run_dir.path().join("console.log"), CONSOLE_TAIL)
+        console_summary(&self.run_dir.path().join("console.log"), CONSOLE_TAIL)
     }
 
     /// Whether [`RunningVm::shutdown`] has been called.
@@ -548,10 +568,12 @@ impl RunningVm {
         } else {
             false
         };
-        let exited = answered
-            && tokio::time::timeout(POWER_OFF_TIMEOUT, qemu.wait())
-                .await
-                .is_ok();
+        let wait = if answered {
+            POWER_OFF_TIMEOUT
+        } else {
+            EXIT_GRACE
+        };
+        let exited = running && tokio::time::timeout(wait, qemu.wait()).await.is_ok();
         if running && !exited {
             tracing::warn!("the guest did not power off in time; killing QEMU");
         }
@@ -563,5 +585,30 @@ impl RunningVm {
                 tracing::debug!("stopping {name}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_summary_quotes_a_kernel_panic_or_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, "boot\n\n  init up  \nagent ready\n").unwrap();
+        assert_eq!(console_summary(&log, 2), "init up | agent ready");
+        std::fs::write(
+            &log,
+            "[    4.81] EXT4-fs error (device vdc): boom\n\
+             [    4.82] Kernel panic - not syncing: EXT4-fs (device vdc): panic forced after error\n\
+             [    4.83] CPU: 0 PID: 61 Comm: sh\n[    4.84]  </TASK>\n",
+        )
+        .unwrap();
+        assert_eq!(
+            console_summary(&log, 15),
+            "Kernel panic - not syncing: EXT4-fs (device vdc): panic forced after error"
+        );
+        assert_eq!(console_summary(&dir.path().join("none"), 3), "(no output)");
     }
 }

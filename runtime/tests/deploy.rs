@@ -248,13 +248,13 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
                 "--volume-override",
                 r#"{"/s":{"storage":{"size":"100KiB"}}}"#,
             ],
-            "the storage volume at /s has 100.0 KiB, less than the 1.0 MiB a disk needs",
+            "the storage volume at /s has 100.0 KiB, less than the 16.0 MiB a disk needs",
         ),
         (
             good.display().to_string(),
             vec![
                 "--volume-override",
-                r#"{"/s":{"storage":{"size":"1MiB","errors":"ignore"}}}"#,
+                r#"{"/s":{"storage":{"size":"16MiB","errors":"ignore"}}}"#,
             ],
             "errors \"ignore\" is not continue, remount-ro or panic",
         ),

@@ -58,6 +58,34 @@ impl Env {
             .unwrap()
     }
 
+    /// What is in the workdir, sorted: after any run, `deployment.json` and the host volume
+    /// dirs only (scratch disks have no name).
+    fn workdir_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.workdir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The host volume dirs the deployment record names, and `deployment.json`, sorted.
+    fn expected_workdir(&self) -> Vec<String> {
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.workdir().join("deployment.json")).unwrap())
+                .unwrap();
+        let mut names: Vec<String> = record["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .chain(["deployment.json".to_string()])
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Processes whose command line mentions this test's directory, and scratch dirs left in it.
     fn leftovers(&self) -> Vec<String> {
         let needle = self.dir.path().to_string_lossy().into_owned();
@@ -274,5 +302,112 @@ fn a_ram_volume_holds_its_size_and_refuses_more() {
         .map(|v| v["path"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(host, ["/golem/input"]);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+/// Asserts a successful run with exactly this stdout.
+fn assert_output(out: &Output, want: &str) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+}
+
+/// Shell: raise an ext4 error on the file system mounted at $1 (through its sysfs trigger).
+const EXT4_ERROR: &str =
+    "ext4_error() { d=$(awk -v m=\"$1\" '$2 == m { print $1 }' /proc/mounts); \
+                          echo test > /sys/fs/ext4/${d#/dev/}/trigger_fs_error; }; ";
+
+#[test]
+fn storage_volumes_are_empty_disks_that_fill_up_and_honour_their_errors_setting() {
+    let env = Env::new();
+    let script = format!(
+        "{EXT4_ERROR} \
+         grep -c ' /c ext4 ' /proc/mounts; stat -c '%a %U' /c; ls -A /c | wc -l; \
+         dd if=/dev/zero of=/c/big bs=1M count=40 2>&1 | grep -o 'No space left on device'; \
+         rm /c/big; echo again > /c/small && cat /c/small; \
+         ext4_error /c; ext4_error /ro; \
+         echo x > /c/after && echo c-writable; \
+         echo x > /ro/after 2>/dev/null || echo ro-refused"
+    );
+    let out = env.run(
+        &[
+            "--volume-override",
+            r#"{"/c": {"storage": {"size": "16MiB", "errors": "continue"}},
+                "/ro": {"storage": {"size": "16MiB", "preallocate": "8MiB", "errors": "remount-ro"}}}"#,
+        ],
+        &["/bin/sh", "-c", &script],
+    );
+    assert_output(
+        &out,
+        "1\n1777 root\n0\nNo space left on device\nagain\nc-writable\nro-refused\n",
+    );
+    assert_eq!(env.workdir_entries(), env.expected_workdir());
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn errors_panic_ends_the_vm_with_a_clear_error_and_leaves_nothing() {
+    let env = Env::new();
+    let script = format!("{EXT4_ERROR} echo before; ext4_error /p; sleep 60; echo after");
+    let out = env.run(
+        &[
+            "--volume-override",
+            r#"{"/p": {"storage": {"size": "16MiB", "errors": "panic"}}}"#,
+        ],
+        &["/bin/sh", "-c", &script],
+    );
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ya-runtime-vm: the VM stopped before the command ended")
+            && last.contains("panic forced after error"),
+        "{err}"
+    );
+    assert_eq!(env.workdir_entries(), env.expected_workdir());
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+#[test]
+fn the_roots_writable_layer_holds_what_storage_gib_grants_and_keeps_the_images_modes() {
+    let env = Env::new();
+    // 768 MiB cannot fit in the VM's 256 MiB of RAM: the layer is on disk.
+    let out = env.run(
+        &["--storage-gib", "2"],
+        &[
+            "/bin/sh",
+            "-c",
+            "stat -c '%a %U' / /etc/motd /bin/busybox; mkdir -p /var; \
+             dd if=/dev/zero of=/var/big bs=1M count=768 conv=fsync 2>/dev/null && \
+             stat -c %s /var/big; echo changed >> /etc/motd; stat -c '%a %U' / /etc/motd",
+        ],
+    );
+    assert_output(
+        &out,
+        "755 root\n644 root\n755 root\n805306368\n755 root\n644 root\n",
+    );
+    assert_eq!(env.workdir_entries(), env.expected_workdir());
+}
+
+#[test]
+fn a_full_root_layer_gets_enospc_and_the_vm_goes_on() {
+    let env = Env::new();
+    let script =
+        "dd if=/dev/zero of=/big bs=1M count=100 2>&1 | grep -o 'No space left on device'; \
+                  rm /big; echo fine > /after && cat /after";
+    // On disk: a 64 MiB grant.
+    let out = env.run(&["--storage-gib", "0.0625"], &["/bin/sh", "-c", script]);
+    assert_output(&out, "No space left on device\nfine\n");
+    // In RAM: a ram override on /, which keeps the image root's mode too.
+    let out = env.run(
+        &["--volume-override", r#"{"/": {"ram": {"size": "48MiB"}}}"#],
+        &["/bin/sh", "-c", &format!("stat -c %a /; {script}")],
+    );
+    assert_output(&out, "755\nNo space left on device\nfine\n");
+    assert_eq!(env.workdir_entries(), env.expected_workdir());
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

@@ -62,12 +62,23 @@ impl Activity {
 
     /// Deploys these image bytes (as `sample.gvmi` in the activity's dir).
     async fn deploy_image(image: &[u8]) -> Self {
+        Self::deploy_with(image, &[]).await
+    }
+
+    /// Deploys these image bytes with these extra deploy arguments.
+    async fn deploy_with(image: &[u8], extra: &[&str]) -> Self {
         let mut a = Self {
             dir: tempfile::tempdir().unwrap(),
             vols: Vec::new(),
         };
         std::fs::write(a.dir.path().join("sample.gvmi"), image).unwrap();
-        let out = a.command().args(["deploy", "--"]).output().await.unwrap();
+        let out = a
+            .command()
+            .args(extra)
+            .args(["deploy", "--"])
+            .output()
+            .await
+            .unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -121,6 +132,17 @@ impl Activity {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("yrv-"));
         processes.chain(run_dirs).collect()
+    }
+
+    /// The workdir's entries that are neither `deployment.json` nor a host volume dir of the
+    /// deploy result (scratch disks have no name, so there should be none).
+    fn workdir_extras(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("work"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "deployment.json" && !self.vols.iter().any(|(_, v)| v == n))
+            .collect()
     }
 
     /// The pid of this activity's process whose program is named `program`.
@@ -322,6 +344,8 @@ async fn sigkill_of_the_runtime_leaves_nothing_behind() {
     let left = activity.leftovers().await;
     assert!(left.iter().all(|l| l.starts_with("yrv-")), "{left:?}");
     assert_eq!(left.len(), 1, "{left:?}");
+    // ... and the root layer's disk is gone with QEMU, having never had a name.
+    assert!(activity.workdir_extras().is_empty());
     // ... until the next runtime sweeps it (this one boots, finds stdin closed, powers off).
     let out = activity
         .command()
@@ -559,6 +583,72 @@ async fn kernel_vsock_boots_where_the_host_has_it_and_is_a_clear_error_elsewhere
             "{err}"
         );
     }
+    let left = activity.leftovers().await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_volume_keeps_its_state_across_commands() {
+    let sample = std::fs::read(repo().join("target/images/sample.gvmi")).unwrap();
+    let activity = Activity::deploy_with(
+        &sample,
+        &[
+            "--storage-gib",
+            "0.5",
+            "--volume-override",
+            r#"{"/golem/input": {"host": {}}, "/golem/output": {"host": {}},
+                "/cache": {"ram": {"size": "16MiB"}},
+                "/data": {"storage": {"size": "64MiB", "preallocate": "16MiB", "errors": "remount-ro"}},
+                "/logs": {"storage": {"size": "16MiB", "errors": "continue"}}}"#,
+        ],
+    )
+    .await;
+    // Only host volumes are in deploy's vols.
+    let mut shared: Vec<&str> = activity.vols.iter().map(|(p, _)| p.as_str()).collect();
+    shared.sort();
+    assert_eq!(shared, ["/golem/input", "/golem/output"]);
+    let (rt, mut events) = activity.start().await;
+    let sh = |script: &str| run("/bin/sh", &["sh", "-c", script]);
+
+    let pid = rt
+        .run_process(sh(
+            "mkdir -p /var/lib/app && for d in /cache /data /logs /var/lib/app \
+                         /golem/output; do echo \"kept in $d\" > $d/state; done",
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let (_, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+
+    let pid = rt
+        .run_process(sh(
+            "cat /cache/state /data/state /logs/state /var/lib/app/state; \
+                         awk '$2 ~ /^\\/(cache|data|logs)$/ { print $2, $3 }' /proc/mounts",
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "kept in /cache\nkept in /data\nkept in /logs\nkept in /var/lib/app\n\
+         /cache tmpfs\n/data ext4\n/logs ext4\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(activity.volume("/golem/output").join("state")).unwrap(),
+        "kept in /golem/output\n"
+    );
+
+    rt.shutdown().await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(10), rt.stopped())
+        .await
+        .expect("the runtime ends after Shutdown");
+    assert_eq!(code, 0);
+    assert!(activity.workdir_extras().is_empty());
+    // The host volume keeps its results for the exe-unit.
+    assert!(activity.volume("/golem/output").join("state").exists());
     let left = activity.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
 }
