@@ -56,6 +56,7 @@ fn files_are_in_yagnas_plugin_layout() {
     assert_eq!(files, want);
     let depends = dpkg_deb(&["-f", deb.to_str().unwrap(), "Depends"]);
     assert!(depends.contains("qemu-system-x86"), "{depends}");
+    assert!(depends.contains("e2fsprogs"), "{depends}");
 }
 
 #[test]
