@@ -85,6 +85,9 @@ impl Activity {
                 if let Some(h) = &d.hostname {
                     c.args(["--hostname", h]);
                 }
+                if let Some(v) = &d.volumes {
+                    c.arg("--volume-override").arg(v.to_string());
+                }
                 let out = c
                     .args(["deploy", "--"])
                     .stderr(std::process::Stdio::inherit())

@@ -28,6 +28,11 @@ pub struct Deploy {
     /// The VM's hostname.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The volume override, in either of yagna's forms (a list of paths, or a map from path
+    /// to `host`, `ram` or `storage`); handed to the runtime as `--volume-override`, which
+    /// checks it.
+    #[serde(default)]
+    pub volumes: Option<serde_json::Value>,
 }
 
 /// `start`'s body.
@@ -99,7 +104,8 @@ mod tests {
     #[test]
     fn parses_every_command_and_ignores_extra_fields() {
         let s = parse(
-            r#"[{"deploy": {"net": []}}, {"start": {"args": []}},
+            r#"[{"deploy": {"net": [], "volumes": {"/data": {"storage": {"size": "1GiB"}}}}},
+                {"start": {"args": []}},
                 {"run": {"entry_point": "/bin/sh", "args": ["-c", "echo hi"], "capture": {}}},
                 {"transfer": {"from": "file:///tmp/a", "to": "container:/golem/input/a", "format": null}},
                 {"terminate": {}}]"#,
@@ -108,7 +114,10 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                Command::Deploy(Deploy::default()),
+                Command::Deploy(Deploy {
+                    hostname: None,
+                    volumes: Some(serde_json::json!({"/data": {"storage": {"size": "1GiB"}}})),
+                }),
                 Command::Start(Start::default()),
                 Command::Run(Run {
                     entry_point: "/bin/sh".into(),

@@ -78,7 +78,8 @@ fn the_examples_run() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "written by the first command\nand more by the second\n"
+        "written by the first command\nand more by the second\n\
+         the same in RAM and on the storage volume\n"
     );
 
     // The transform example reads and writes beside its data dir: use a copy.
