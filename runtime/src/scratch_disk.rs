@@ -6,6 +6,10 @@
 //! Having no name, a disk cannot outlive the VM: its space returns to the host when the last
 //! descriptor closes, which happens whatever ends the runtime, SIGKILL included.
 //!
+//! [`create_disks`] makes a deployment's set (the root's writable layer when it is on disk, then
+//! one per `storage` volume, each with the virtio serial the guest finds it by), and
+//! [`root_param`] tells the guest where its root's layer is.
+//!
 //! Formatting happens on the host because `mke2fs` there is native code that takes a few
 //! milliseconds, where the guest would need its own `mke2fs` in the initramfs and would run it
 //! under TCG. The host never mounts the file system; only the guest kernel parses it.
@@ -15,6 +19,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use crate::deployment::{Deployment, DiskSpec, RootLayer};
 
 /// The smallest disk accepted: below 8 MiB `mke2fs` leaves the journal out, and without a
 /// journal ext4's `errors=remount-ro` stops nothing.
@@ -187,12 +195,99 @@ fn format(file: &File, mkfs: &Path) -> Result<(), DiskError> {
     Err(DiskError::Mkfs(format!("{last} ({})", out.status)))
 }
 
+/// The virtio serial of the root's writable layer (the guest's `ROOT_SERIAL`).
+const ROOT_SERIAL: &str = "root";
+
+/// The virtio serial of the `i`th storage volume's disk.
+pub fn storage_serial(i: usize) -> String {
+    format!("data{i}")
+}
+
+/// Creates the deployment's scratch disks in `workdir`: the root's writable layer (when it is
+/// on disk) first, then one per storage volume, with their serials.
+pub async fn create_disks(
+    d: &Deployment,
+    workdir: &Path,
+) -> anyhow::Result<Vec<(String, ScratchDisk)>> {
+    let mut specs: Vec<(String, DiskSpec)> = Vec::new();
+    if let RootLayer::Disk(spec) = d.root {
+        specs.push((ROOT_SERIAL.into(), spec));
+    }
+    specs.extend(
+        d.storage_volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (storage_serial(i), v.disk)),
+    );
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = workdir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mkfs = find_mkfs()?;
+        let total: u64 = specs.iter().map(|(_, s)| s.size).sum();
+        if let Ok(st) = nix::sys::statvfs::statvfs(&dir) {
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if free < total {
+                tracing::warn!(
+                    "{} has {free} bytes free, less than the {total} bytes of scratch disks this \
+                     VM may fill: writes past that get I/O errors in the guest",
+                    dir.display()
+                );
+            }
+        }
+        specs
+            .into_iter()
+            .map(|(serial, s)| {
+                let disk = ScratchDisk::create(&dir, s.size, s.preallocate, &mkfs)
+                    .with_context(|| format!("scratch disk {serial}"))?;
+                Ok((serial, disk))
+            })
+            .collect()
+    })
+    .await
+    .context("the disk-creating task failed")?
+}
+
+/// The kernel command-line word that tells the guest where its root's writable layer is.
+pub fn root_param(root: &RootLayer) -> String {
+    match root {
+        RootLayer::Ram { size } => format!("yarv.root=ram:{size}"),
+        RootLayer::Disk(DiskSpec {
+            errors: Some(e), ..
+        }) => format!("yarv.root=disk:{}", e.as_str()),
+        RootLayer::Disk(_) => "yarv.root=disk".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn mkfs() -> Option<PathBuf> {
         find_mkfs().ok()
+    }
+
+    #[test]
+    fn the_guest_learns_where_its_root_layer_is() {
+        use crate::volume_override::OnErrors;
+        let disk = |errors| {
+            RootLayer::Disk(DiskSpec {
+                size: 1 << 30,
+                preallocate: 0,
+                errors,
+            })
+        };
+        assert_eq!(root_param(&disk(None)), "yarv.root=disk");
+        assert_eq!(
+            root_param(&disk(Some(OnErrors::Panic))),
+            "yarv.root=disk:panic"
+        );
+        assert_eq!(
+            root_param(&RootLayer::Ram { size: 4096 }),
+            "yarv.root=ram:4096"
+        );
+        assert_eq!(storage_serial(3), "data3");
     }
 
     #[test]

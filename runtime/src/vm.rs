@@ -16,76 +16,11 @@ use tokio::process::{Child, Command};
 
 use crate::agent_client::{guest_socket, AgentClient, AgentListener, Notes};
 use crate::cli::VsockRequest;
-use crate::deployment::{Deployment, DiskSpec, RootLayer};
+use crate::deployment::Deployment;
 use crate::kernel_vsock::{self, KernelVsock};
 use crate::runtime_dir::RuntimeDir;
 use crate::scratch;
-use crate::scratch_disk::{self, ScratchDisk};
-
-/// The virtio serial of the root's writable layer (the guest's `ROOT_SERIAL`).
-const ROOT_SERIAL: &str = "root";
-
-/// The virtio serial of the `i`th storage volume's disk.
-fn storage_serial(i: usize) -> String {
-    format!("data{i}")
-}
-
-/// Creates the deployment's scratch disks in `workdir`: the root's writable layer (when it is
-/// on disk) first, then one per storage volume, with their serials.
-async fn create_disks(
-    d: &Deployment,
-    workdir: &Path,
-) -> anyhow::Result<Vec<(String, ScratchDisk)>> {
-    let mut specs: Vec<(String, DiskSpec)> = Vec::new();
-    if let RootLayer::Disk(spec) = d.root {
-        specs.push((ROOT_SERIAL.into(), spec));
-    }
-    specs.extend(
-        d.storage_volumes
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (storage_serial(i), v.disk)),
-    );
-    if specs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let dir = workdir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mkfs = scratch_disk::find_mkfs()?;
-        let total: u64 = specs.iter().map(|(_, s)| s.size).sum();
-        if let Ok(st) = nix::sys::statvfs::statvfs(&dir) {
-            let free = st.blocks_available().saturating_mul(st.fragment_size());
-            if free < total {
-                tracing::warn!(
-                    "{} has {free} bytes free, less than the {total} bytes of scratch disks this \
-                     VM may fill: writes past that get I/O errors in the guest",
-                    dir.display()
-                );
-            }
-        }
-        specs
-            .into_iter()
-            .map(|(serial, s)| {
-                let disk = ScratchDisk::create(&dir, s.size, s.preallocate, &mkfs)
-                    .with_context(|| format!("scratch disk {serial}"))?;
-                Ok((serial, disk))
-            })
-            .collect()
-    })
-    .await
-    .context("the disk-creating task failed")?
-}
-
-/// The kernel command-line word that tells the guest where its root's writable layer is.
-fn root_param(root: &RootLayer) -> String {
-    match root {
-        RootLayer::Ram { size } => format!("yarv.root=ram:{size}"),
-        RootLayer::Disk(DiskSpec {
-            errors: Some(e), ..
-        }) => format!("yarv.root=disk:{}", e.as_str()),
-        RootLayer::Disk(_) => "yarv.root=disk".into(),
-    }
-}
+use crate::scratch_disk::{create_disks, root_param, storage_serial};
 
 /// How long the guest may take from QEMU's start to the agent answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
