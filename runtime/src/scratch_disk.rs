@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -176,15 +175,7 @@ fn format(file: &File, mkfs: &Path) -> Result<(), DiskError> {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    // SAFETY: fcntl is async-signal-safe; it changes the child's descriptor table only.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::vm::inherit_fd(&mut cmd, fd);
     let out = cmd
         .output()
         .map_err(|e| DiskError::Mkfs(format!("cannot run {}: {e}", mkfs.display())))?;

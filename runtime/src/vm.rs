@@ -128,7 +128,8 @@ fn spawn_tied(cmd: &mut Command, what: &str) -> anyhow::Result<Child> {
 }
 
 /// Lets the program `cmd` runs inherit `fd` under the same number (it is close-on-exec here).
-fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+pub fn inherit_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
     // SAFETY: fcntl is async-signal-safe; it changes the child's descriptor table only.
     unsafe {
         cmd.pre_exec(move || {
@@ -368,10 +369,10 @@ impl RunningVm {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&qemu_log)?);
         if let Some(device) = &inherited {
-            inherit_fd(&mut qemu_cmd, device.as_raw_fd());
+            inherit_fd(qemu_cmd.as_std_mut(), device.as_raw_fd());
         }
         for (_, disk) in &scratch_disks {
-            inherit_fd(&mut qemu_cmd, disk.fd());
+            inherit_fd(qemu_cmd.as_std_mut(), disk.fd());
         }
         let mut qemu = spawn_tied(&mut qemu_cmd, "qemu-system-x86_64")?;
         // QEMU holds the device (and so the CID) now, and the disks: they are gone when it is.
