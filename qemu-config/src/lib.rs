@@ -101,6 +101,10 @@ pub struct VmConfig {
     pub shares: Vec<FsShare>,
     /// Where the serial console goes (`None`: discarded).
     pub console_log: Option<PathBuf>,
+    /// A virtio-balloon device with free page reporting: the guest hands the memory it frees
+    /// (in 2 MiB blocks) back to the host, so QEMU's RSS follows what the guest uses instead of
+    /// the most it ever touched. The guest needs the `virtio_balloon` driver.
+    pub free_page_reporting: bool,
 }
 
 /// Why a configuration cannot be rendered.

@@ -104,6 +104,12 @@ impl VmConfig {
             "-display",
             "none",
         ]);
+        if self.free_page_reporting {
+            push(&[
+                "-device",
+                &format!("{},free-page-reporting=on", m.device("virtio-balloon")),
+            ]);
+        }
         match &self.console_log {
             Some(p) => push(&["-serial", &format!("file:{}", opt_path("console log", p)?)]),
             None => push(&["-serial", "none"]),
@@ -204,6 +210,7 @@ mod tests {
                 },
             ],
             console_log: Some("/run/a/console.log".into()),
+            free_page_reporting: false,
         }
     }
 
@@ -240,11 +247,13 @@ mod tests {
         c.console_log = None;
         c.disks[0].access = DiskAccess::Scratch;
         c.disks[0].path = PathBuf::from("/dev/fd/9");
+        c.free_page_reporting = true;
         assert_eq!(
             joined(&c),
             "-accel kvm -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-             -nodefaults -no-user-config -no-reboot -display none -serial none \
+             -nodefaults -no-user-config -no-reboot -display none \
+             -device virtio-balloon-device,free-page-reporting=on -serial none \
              -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
              -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,discard=unmap,werror=report,rerror=report \
              -device virtio-blk-device,drive=disk0,serial=image \

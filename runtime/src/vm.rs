@@ -360,6 +360,7 @@ impl RunningVm {
             vsock: Some(vsock),
             shares,
             console_log: Some(console.clone()),
+            free_page_reporting: true,
         };
         let qemu_log = rd.join("qemu.log");
         let mut qemu_cmd = Command::new("qemu-system-x86_64");

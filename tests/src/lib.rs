@@ -246,6 +246,7 @@ pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<S
         vsock: None,
         shares: Vec::new(),
         console_log: Some(d.join("console.log")),
+        free_page_reporting: false,
     };
     if devices {
         vm.disks.push(Disk {
