@@ -77,7 +77,6 @@ pub enum DiskError {
 #[derive(Debug)]
 pub struct ScratchDisk {
     file: File,
-    size: u64,
 }
 
 /// The `mke2fs` to format with.
@@ -130,7 +129,7 @@ impl ScratchDisk {
                 source,
             })?;
         }
-        Ok(Self { file, size })
+        Ok(Self { file })
     }
 
     /// The descriptor QEMU must inherit.
@@ -141,17 +140,6 @@ impl ScratchDisk {
     /// The path QEMU opens the inherited descriptor by.
     pub fn qemu_path(&self) -> PathBuf {
         PathBuf::from(format!("/dev/fd/{}", self.fd()))
-    }
-
-    /// Bytes, a whole number of blocks.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Bytes the file takes on the host disk now.
-    pub fn allocated(&self) -> std::io::Result<u64> {
-        use std::os::unix::fs::MetadataExt;
-        Ok(self.file.metadata()?.blocks() * 512)
     }
 }
 
@@ -255,6 +243,12 @@ pub fn root_param(root: &RootLayer) -> String {
 mod tests {
     use super::*;
 
+    /// Bytes the disk's file takes on the host disk.
+    fn allocated(disk: &ScratchDisk) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        disk.file.metadata().unwrap().blocks() * 512
+    }
+
     fn mkfs() -> Option<PathBuf> {
         find_mkfs().ok()
     }
@@ -303,9 +297,9 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let disk = ScratchDisk::create(dir.path(), 512 << 20, 0, &mkfs).unwrap();
-        assert_eq!(disk.size(), 512 << 20);
+        assert_eq!(disk.file.metadata().unwrap().len(), 512 << 20);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let used = disk.allocated().unwrap();
+        let used = allocated(&disk);
         assert!(used < 8 << 20, "a fresh 512 MiB disk takes {used} bytes");
         // The ext4 superblock: magic at 1024 + 0x38, s_feature_compat (bit 2: a journal) at
         // 1024 + 0x5c.
@@ -320,7 +314,7 @@ mod tests {
         let mkfs = mkfs().expect("mke2fs (scripts/setup.sh installs e2fsprogs)");
         let dir = tempfile::tempdir().unwrap();
         let disk = ScratchDisk::create(dir.path(), 64 << 20, 32 << 20, &mkfs).unwrap();
-        let used = disk.allocated().unwrap();
+        let used = allocated(&disk);
         assert!(used >= 32 << 20, "only {used} bytes allocated");
         assert!(used < 40 << 20, "{used} bytes allocated");
     }
