@@ -70,11 +70,15 @@ impl Env {
         names
     }
 
+    /// The workdir's `deployment.json`.
+    fn record(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.workdir().join("deployment.json")).unwrap())
+            .unwrap()
+    }
+
     /// The host volume dirs the deployment record names, and `deployment.json`, sorted.
     fn expected_workdir(&self) -> Vec<String> {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(self.workdir().join("deployment.json")).unwrap())
-                .unwrap();
+        let record = self.record();
         let mut names: Vec<String> = record["volumes"]
             .as_array()
             .unwrap()
@@ -135,14 +139,8 @@ fn volumes_carry_files_both_ways_and_state_is_per_run() {
     let env = Env::new();
     // The first run deploys; find the input volume's host dir from the deployment record.
     let out = env.run(&[], &["/bin/true"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.workdir().join("deployment.json")).unwrap())
-            .unwrap();
+    assert_success(&out);
+    let record = env.record();
     let vol = |path: &str| {
         let v = record["volumes"]
             .as_array()
@@ -161,11 +159,7 @@ fn volumes_carry_files_both_ways_and_state_is_per_run() {
             "tr a-z A-Z < /golem/input/in.txt > /golem/output/out.txt",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(
         std::fs::read_to_string(vol("/golem/output").join("out.txt")).unwrap(),
         "FROM THE HOST\n"
@@ -246,15 +240,9 @@ fn a_host_volume_from_the_override_is_shared_like_the_images() {
             "echo from-the-guest > /data/f && ls /golem",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(out.stdout, b"input\noutput\nwork\n");
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.workdir().join("deployment.json")).unwrap())
-            .unwrap();
+    let record = env.record();
     let data = record["volumes"]
         .as_array()
         .unwrap()
@@ -283,18 +271,8 @@ fn a_ram_volume_holds_its_size_and_refuses_more() {
              grep -c ' /scratch tmpfs ' /proc/mounts; grep -c ' /golem/output tmpfs ' /proc/mounts",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "took-32\nrefused-100\n1\n1\n"
-    );
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(env.workdir().join("deployment.json")).unwrap())
-            .unwrap();
+    assert_output(&out, "took-32\nrefused-100\n1\n1\n");
+    let record = env.record();
     let host: Vec<_> = record["volumes"]
         .as_array()
         .unwrap()
@@ -305,13 +283,18 @@ fn a_ram_volume_holds_its_size_and_refuses_more() {
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
 
-/// Asserts a successful run with exactly this stdout.
-fn assert_output(out: &Output, want: &str) {
+/// Asserts a successful run, quoting its stderr otherwise.
+fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Asserts a successful run with exactly this stdout.
+fn assert_output(out: &Output, want: &str) {
+    assert_success(out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
 }
 
