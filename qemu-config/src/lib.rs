@@ -25,6 +25,18 @@ pub enum Machine {
     Microvm,
 }
 
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Console {
+    /// Discarded.
+    None,
+    /// Appended to a file (unbounded: for tests and benchmarks, not for activities).
+    File(PathBuf),
+    /// Written to a connected stream socket QEMU inherits under this number (its reader
+    /// decides what to keep).
+    Socket(std::os::fd::RawFd),
+}
+
 /// A raw disk image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -99,8 +111,8 @@ pub struct VmConfig {
     pub vsock: Option<Vsock>,
     /// virtio-fs shares.
     pub shares: Vec<FsShare>,
-    /// Where the serial console goes (`None`: discarded).
-    pub console_log: Option<PathBuf>,
+    /// Where the serial console goes.
+    pub console: Console,
     /// A virtio-balloon device with free page reporting: the guest hands the memory it frees
     /// (in 2 MiB blocks) back to the host, so QEMU's RSS follows what the guest uses instead of
     /// the most it ever touched. The guest needs the `virtio_balloon` driver.

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::{ConfigError, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
+use crate::{ConfigError, Console, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
 
 /// A value inside a QEMU `key=value,…` option: commas doubled, control characters refused.
 fn opt_value(what: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -110,9 +110,22 @@ impl VmConfig {
                 &format!("{},free-page-reporting=on", m.device("virtio-balloon")),
             ]);
         }
-        match &self.console_log {
-            Some(p) => push(&["-serial", &format!("file:{}", opt_path("console log", p)?)]),
-            None => push(&["-serial", "none"]),
+        // A chardev, not `-serial file:…`: that shorthand takes the rest of its value as the
+        // path and cannot carry a comma.
+        match &self.console {
+            Console::File(p) => push(&[
+                "-chardev",
+                &format!("file,id=console,path={}", opt_path("console log", p)?),
+                "-serial",
+                "chardev:console",
+            ]),
+            Console::Socket(fd) => push(&[
+                "-chardev",
+                &format!("socket,id=console,fd={fd}"),
+                "-serial",
+                "chardev:console",
+            ]),
+            Console::None => push(&["-serial", "none"]),
         }
         push(&["-kernel", &self.kernel.to_string_lossy()]);
         push(&["-initrd", &self.initrd.to_string_lossy()]);
@@ -209,7 +222,7 @@ mod tests {
                     tag: "vol1".into(),
                 },
             ],
-            console_log: Some("/run/a/console.log".into()),
+            console: Console::File("/run/a/console.log".into()),
             free_page_reporting: false,
         }
     }
@@ -225,7 +238,7 @@ mod tests {
             "-accel tcg -M q35 -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
-             -serial file:/run/a/console.log \
+             -chardev file,id=console,path=/run/a/console.log -serial chardev:console \
              -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
              -drive file=/cache/img,,1.gvmi,if=none,id=disk0,format=raw,readonly=on \
              -device virtio-blk-pci,drive=disk0,serial=image \
@@ -244,7 +257,7 @@ mod tests {
             vhostfd: None,
         });
         c.shares.truncate(1);
-        c.console_log = None;
+        c.console = Console::None;
         c.disks[0].access = DiskAccess::Scratch;
         c.disks[0].path = PathBuf::from("/dev/fd/9");
         c.free_page_reporting = true;
@@ -273,6 +286,23 @@ mod tests {
         let at = args.iter().position(|a| a.contains("vhost-vsock")).unwrap();
         assert_eq!(args[at - 1], "-device");
         assert_eq!(args[at], "vhost-vsock-pci,guest-cid=41,vhostfd=5");
+    }
+
+    #[test]
+    fn console_to_an_inherited_socket_or_a_file_with_a_comma() {
+        let mut c = sample(Machine::Q35);
+        c.console = Console::Socket(7);
+        let args = joined(&c);
+        assert!(
+            args.contains("-chardev socket,id=console,fd=7 -serial chardev:console"),
+            "{args}"
+        );
+        c.console = Console::File("/tmp/a,b/console.log".into());
+        let args = joined(&c);
+        assert!(
+            args.contains("-chardev file,id=console,path=/tmp/a,,b/console.log "),
+            "{args}"
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! image, the volume directories and a [`deployment`] record; `start` and `run` boot it (later
 //! issues). Logs go to stderr; stdout carries only what the exe-unit reads.
 
-pub mod agent_client;
+pub mod agent;
+pub mod api;
 pub mod cli;
+pub mod console;
 pub mod deploy;
 pub mod deployment;
 pub mod kernel_vsock;

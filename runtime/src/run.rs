@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use agent_protocol::{notification, request, response, RunProcess};
+use agent_protocol::RunProcess;
 use anyhow::{anyhow, bail, Context};
 use tokio::io::AsyncWriteExt;
 
-use crate::agent_client::Notes;
+use crate::agent::{AgentEvent, Events};
 use crate::deployment::Deployment;
 use crate::signals::{self, Termination};
 use crate::vm::{RunningVm, VmOptions};
@@ -36,13 +36,31 @@ pub fn process_for(d: &Deployment, entrypoint: &str, args: &[String]) -> RunProc
     }
 }
 
-/// The exit code reported for a process: its own, or 128 + the signal that ended it.
-pub fn exit_code(e: &agent_protocol::Exited) -> i32 {
-    match (e.code, e.signal) {
-        (Some(c), _) => c,
-        (None, Some(s)) => 128 + s,
-        (None, None) => 1,
+/// One thing a process did.
+#[derive(Debug)]
+pub enum ProcessEvent {
+    /// Output on stdout (1) or stderr (2).
+    Output(u32, Vec<u8>),
+    /// It ended with this status (128 + signal when a signal ended it).
+    Exited(i32),
+}
+
+/// The next event of process `pid` (other processes' events are skipped); an error naming why
+/// when the agent's connection ends first.
+pub async fn next_event(events: &mut Events, pid: u64) -> anyhow::Result<ProcessEvent> {
+    while let Some(e) = events.recv().await {
+        match e {
+            AgentEvent::Output { pid: p, fd, data } if p == pid => {
+                return Ok(ProcessEvent::Output(fd, data))
+            }
+            AgentEvent::Exited { pid: p, code } if p == pid => {
+                return Ok(ProcessEvent::Exited(code))
+            }
+            AgentEvent::Closed { reason, .. } => bail!("{reason}"),
+            _ => {}
+        }
     }
+    bail!("the guest agent's events ended")
 }
 
 /// Runs one command in a fresh VM of the deployment in `workdir`; returns the exit code (128 +
@@ -56,7 +74,7 @@ pub async fn run(
 ) -> anyhow::Result<i32> {
     let mut termination = Termination::listen().context("cannot listen for signals")?;
     let d = Deployment::load(workdir)?;
-    let (vm, mut notes) = tokio::select! {
+    let (vm, mut events) = tokio::select! {
         booted = RunningVm::start(&d, workdir, opts) => booted?,
         signal = termination.recv() => {
             tracing::info!("{} while the VM was booting: stopped", signals::name(signal));
@@ -64,7 +82,7 @@ pub async fn run(
         }
     };
     let result = tokio::select! {
-        r = run_in(&vm, &mut notes, &d, entrypoint, args) => r,
+        r = run_in(&vm, &mut events, &d, entrypoint, args) => r,
         signal = termination.recv() => {
             tracing::info!("{}: powering the VM off", signals::name(signal));
             Ok(i32::from(signals::exit_status(signal)))
@@ -80,38 +98,31 @@ pub async fn run(
 
 async fn run_in(
     vm: &RunningVm,
-    notes: &mut Notes,
+    events: &mut Events,
     d: &Deployment,
     entrypoint: &str,
     args: &[String],
 ) -> anyhow::Result<i32> {
-    let pid = match vm
-        .agent
-        .request(request::Body::Run(process_for(d, entrypoint, args)))
-        .await?
-    {
-        response::Body::Started(s) => s.pid,
-        response::Body::Error(e) => bail!("{}", e.message),
-        other => bail!("unexpected answer from the guest: {other:?}"),
-    };
+    let pid = vm.agent.run(process_for(d, entrypoint, args)).await?;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
-    while let Some(n) = notes.recv().await {
-        match n.body {
-            Some(notification::Body::Output(o)) if o.pid == pid => {
+    loop {
+        let event = next_event(events, pid).await.map_err(|e| {
+            anyhow!(
+                "the VM stopped before the command ended ({e}); console: {}",
+                vm.console_tail()
+            )
+        })?;
+        match event {
+            ProcessEvent::Output(fd, data) => {
                 let out: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) =
-                    if o.fd == 2 { &mut stderr } else { &mut stdout };
-                out.write_all(&o.data)
+                    if fd == 2 { &mut stderr } else { &mut stdout };
+                out.write_all(&data)
                     .await
                     .context("writing the command's output")?;
                 out.flush().await.context("writing the command's output")?;
             }
-            Some(notification::Body::Exited(e)) if e.pid == pid => return Ok(exit_code(&e)),
-            _ => {}
+            ProcessEvent::Exited(code) => return Ok(code),
         }
     }
-    bail!(
-        "the VM stopped before the command ended; console: {}",
-        vm.console_tail()
-    )
 }

@@ -6,14 +6,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_protocol::{notification, request, response};
 use anyhow::{bail, Context};
 use qemu_config::{AccelRequest, HostProbe};
 use serde::Serialize;
 
+use crate::agent::Events;
 use crate::deploy::{self, DeployRequest};
 use crate::deployment::{Deployment, Resources};
-use crate::run::process_for;
+use crate::run::{next_event, process_for, ProcessEvent};
 use crate::vm::{find_tool, on_path, RunningVm, VmOptions};
 
 /// The image in the runtime dir.
@@ -99,13 +99,11 @@ pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
     let (vm, notes) = RunningVm::start(&d, &workdir, opts).await?;
     let booted = boot.elapsed();
     let result = tokio::time::timeout(PROBE_TIMEOUT, probe(&vm, notes, &d)).await;
+    let console = vm.console_tail();
     vm.shutdown().await;
     let out = match result {
         Ok(r) => r?,
-        Err(_) => bail!(
-            "the probe did not finish within {PROBE_TIMEOUT:?}; console: {}",
-            vm.console_tail()
-        ),
+        Err(_) => bail!("the probe did not finish within {PROBE_TIMEOUT:?}; console: {console}"),
     };
     if out.trim() != ANSWER {
         bail!("the probe answered {out:?} instead of {ANSWER:?}");
@@ -125,48 +123,36 @@ pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
     Ok(booted)
 }
 
-async fn probe(
-    vm: &RunningVm,
-    mut notes: crate::agent_client::Notes,
-    d: &Deployment,
-) -> anyhow::Result<String> {
+async fn probe(vm: &RunningVm, mut events: Events, d: &Deployment) -> anyhow::Result<String> {
     let args = ["-c".to_string(), PROBE.to_string()];
-    let pid = match vm
+    let pid = vm
         .agent
-        .request(request::Body::Run(process_for(d, "/bin/sh", &args)))
-        .await?
-    {
-        response::Body::Started(s) => s.pid,
-        response::Body::Error(e) => bail!("the guest cannot run the probe: {}", e.message),
-        other => bail!("unexpected answer from the guest: {other:?}"),
-    };
+        .run(process_for(d, "/bin/sh", &args))
+        .await
+        .context("the guest cannot run the probe")?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    while let Some(n) = notes.recv().await {
-        match n.body {
-            Some(notification::Body::Output(o)) if o.pid == pid => {
-                let buf = if o.fd == 2 { &mut err } else { &mut out };
+    loop {
+        let event = next_event(&mut events, pid).await.map_err(|e| {
+            anyhow::anyhow!(
+                "the VM stopped during the probe: {e}; console: {}",
+                vm.console_tail()
+            )
+        })?;
+        match event {
+            ProcessEvent::Output(fd, data) => {
+                let buf = if fd == 2 { &mut err } else { &mut out };
                 // The probe prints a few bytes; a flood is an answer too, just a wrong one.
                 if buf.len() < 4096 {
-                    buf.extend_from_slice(&o.data);
+                    buf.extend_from_slice(&data);
                 }
             }
-            Some(notification::Body::Exited(e)) if e.pid == pid => {
-                let code = crate::run::exit_code(&e);
-                if code != 0 {
-                    bail!(
-                        "the probe exited with {code}: {}",
-                        String::from_utf8_lossy(&err).trim()
-                    );
-                }
-                return Ok(String::from_utf8_lossy(&out).into_owned());
-            }
-            _ => {}
+            ProcessEvent::Exited(0) => return Ok(String::from_utf8_lossy(&out).into_owned()),
+            ProcessEvent::Exited(code) => bail!(
+                "the probe exited with {code}: {}",
+                String::from_utf8_lossy(&err).trim()
+            ),
         }
     }
-    bail!(
-        "the VM stopped during the probe; console: {}",
-        vm.console_tail()
-    )
 }
 
 /// Whether this host has KVM at all (the device node exists).

@@ -1,7 +1,7 @@
-//! `start`: boot the deployment, then serve yagna's runtime API (ya-runtime-api 0.7.0, length-
-//! delimited protobuf on stdin/stdout) until Shutdown or the end of stdin. Process output and
-//! exits from the guest become `ProcessStatus` events, in order, with backpressure (the API's
-//! event channel holds one event; while it is full, the guest's output is not read).
+//! `start`: boot the deployment, then serve yagna's runtime API ([`crate::api`]) until Shutdown
+//! or the end of stdin. Process output and exits from the guest become `ProcessStatus` events,
+//! in order, with backpressure (while the API's writer is behind, the guest's output is not
+//! read).
 //!
 //! With `start-entrypoint` among the start arguments, the image's Entrypoint + Cmd runs as soon
 //! as the VM is up; the start result, `{"start":null,"entrypoint":{"pid":…,"command":[…]}}`, goes
@@ -9,155 +9,182 @@
 //! and the entrypoint's output follows as its own process's events.
 //!
 //! The runtime ends, with the VM powered off and its helpers gone, on whichever comes first:
-//! Shutdown, the end of stdin, SIGTERM/SIGINT/SIGHUP, or QEMU or a helper dying (an error).
+//! Shutdown, the end of stdin, SIGTERM/SIGINT/SIGHUP; or, as an error, QEMU or a helper dying,
+//! the agent's connection breaking or going silent, or the runtime API's input or output
+//! breaking. On Shutdown, everything the activity owns on the host is gone before the reply is
+//! written, since the exe-unit kills the runtime the moment the reply arrives. When the VM or
+//! its agent is lost, every command still open gets a final status first (a line on stderr and
+//! return code [`LOST_RETURN_CODE`]).
 
 use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
-use agent_protocol::{notification, request, response, KillProcess as AgentKill, Notification};
 use anyhow::{bail, Context};
-use futures_util::future::FutureExt;
-use tokio::sync::Notify;
-use ya_runtime_api::server::{
-    AsyncResponse, CreateNetwork, CreateNetworkResp, ErrorCode, ErrorResponse, KillProcess,
-    ProcessStatus, RunProcess, RunProcessResp, RuntimeHandler, RuntimeService,
-};
 
-use crate::agent_client::Notes;
+use crate::agent::{AgentError, AgentEvent, Events};
+use crate::api::proto::{request, response};
+use crate::api::server::{self, error, Ending, Handler, Outbox};
 use crate::deployment::Deployment;
-use crate::run::{exit_code, process_for};
+use crate::run::process_for;
 use crate::signals::{self, Termination};
 use crate::vm::{RunningVm, VmOptions};
 
-/// How long the server may take to send the Shutdown response before the runtime exits.
-const RESPONSE_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+/// The return code of a command whose VM or agent was lost before it ended.
+pub const LOST_RETURN_CODE: i32 = -1;
+/// How long the writer gets to put out what is queued before the runtime exits.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// How long the agent's last events may take to arrive once the VM is stopped.
+const LAST_EVENTS_LIMIT: Duration = Duration::from_secs(2);
 
 /// The service behind the runtime API.
 struct Service {
     vm: Rc<RunningVm>,
     deployment: Deployment,
-    /// Told when Shutdown has powered the VM off.
-    stopped: Rc<Notify>,
 }
 
-fn error(code: ErrorCode, msg: impl std::fmt::Display) -> ErrorResponse {
-    let mut e = ErrorResponse::msg(msg);
-    e.set_code(code);
-    e
+/// The API error for an agent error: the guest's own refusal is the request's fault, the rest is
+/// the runtime's.
+fn api_error(e: AgentError) -> response::Error {
+    match e {
+        AgentError::Refused(msg) => error(response::ErrorCode::BadRequest, msg),
+        other => error(response::ErrorCode::Internal, other),
+    }
 }
 
 impl Service {
-    async fn ask(&self, body: request::Body) -> Result<response::Body, ErrorResponse> {
+    fn check_running(&self) -> Result<(), response::Error> {
         if self.vm.is_shut_down() {
-            return Err(error(ErrorCode::Internal, "the VM has been shut down"));
+            return Err(error(
+                response::ErrorCode::Internal,
+                "the VM has been shut down",
+            ));
         }
+        Ok(())
+    }
+}
+
+impl Handler for Service {
+    async fn hello(&self, version: String) -> Result<String, response::Error> {
+        tracing::debug!("hello from the exe-unit (API {version})");
+        Ok(env!("CARGO_PKG_VERSION").to_string())
+    }
+
+    async fn run(&self, run: request::RunProcess) -> Result<u64, response::Error> {
+        if run.bin.is_empty() {
+            return Err(error(
+                response::ErrorCode::BadRequest,
+                "RunProcess has no bin",
+            ));
+        }
+        self.check_running()?;
+        // `args` carries argv[0]; an empty list still runs the program under its own name.
+        let args = run.args.get(1..).unwrap_or_default();
+        let mut req = process_for(&self.deployment, &run.bin, args);
+        if let Some(a0) = run.args.first() {
+            req.argv[0] = a0.clone();
+        }
+        if !run.work_dir.is_empty() {
+            req.cwd = run.work_dir.clone();
+        }
+        self.vm.agent.run(req).await.map_err(api_error)
+    }
+
+    async fn kill(&self, kill: request::KillProcess) -> Result<(), response::Error> {
+        if !(1..=64).contains(&kill.signal) {
+            return Err(error(
+                response::ErrorCode::BadRequest,
+                format!("{} is not a signal number (1 to 64)", kill.signal),
+            ));
+        }
+        self.check_running()?;
         self.vm
             .agent
-            .request(body)
+            .kill(kill.pid, kill.signal)
             .await
-            .map_err(|e| error(ErrorCode::Internal, e))
+            .map_err(|e| match e {
+                AgentError::Refused(msg) => error(response::ErrorCode::NotFound, msg),
+                other => api_error(other),
+            })
+    }
+
+    async fn create_network(
+        &self,
+        _: request::CreateNetwork,
+    ) -> Result<response::CreateNetwork, response::Error> {
+        Err(error(
+            response::ErrorCode::BadRequest,
+            "networking (VPN) is not supported yet",
+        ))
     }
 }
 
-impl RuntimeService for Service {
-    fn hello(&self, version: &str) -> AsyncResponse<'_, String> {
-        tracing::debug!("hello from the exe-unit (API {version})");
-        async { Ok(env!("CARGO_PKG_VERSION").to_string()) }.boxed_local()
-    }
-
-    fn run_process(&self, run: RunProcess) -> AsyncResponse<'_, RunProcessResp> {
-        async move {
-            if run.bin.is_empty() {
-                return Err(error(ErrorCode::BadRequest, "RunProcess has no bin"));
-            }
-            // `args` carries argv[0]; an empty list still runs the program under its own name.
-            let args = run.args.get(1..).unwrap_or_default();
-            let mut req = process_for(&self.deployment, &run.bin, args);
-            if let Some(a0) = run.args.first() {
-                req.argv[0] = a0.clone();
-            }
-            if !run.work_dir.is_empty() {
-                req.cwd = run.work_dir.clone();
-            }
-            match self.ask(request::Body::Run(req)).await? {
-                response::Body::Started(s) => Ok(RunProcessResp { pid: s.pid }),
-                response::Body::Error(e) => Err(error(ErrorCode::BadRequest, e.message)),
-                other => Err(error(
-                    ErrorCode::Internal,
-                    format!("unexpected answer {other:?}"),
-                )),
-            }
-        }
-        .boxed_local()
-    }
-
-    fn kill_process(&self, kill: KillProcess) -> AsyncResponse<'_, ()> {
-        async move {
-            let body = request::Body::Kill(AgentKill {
-                pid: kill.pid,
-                signal: kill.signal,
-            });
-            match self.ask(body).await? {
-                response::Body::Ok(_) => Ok(()),
-                response::Body::Error(e) => Err(error(ErrorCode::NotFound, e.message)),
-                other => Err(error(
-                    ErrorCode::Internal,
-                    format!("unexpected answer {other:?}"),
-                )),
-            }
-        }
-        .boxed_local()
-    }
-
-    fn create_network(&self, _: CreateNetwork) -> AsyncResponse<'_, CreateNetworkResp> {
-        async {
-            Err(error(
-                ErrorCode::BadRequest,
-                "networking (VPN) is not supported yet",
-            ))
-        }
-        .boxed_local()
-    }
-
-    fn shutdown(&self) -> AsyncResponse<'_, ()> {
-        async move {
-            self.vm.shutdown().await;
-            self.stopped.notify_one();
-            Ok(())
-        }
-        .boxed_local()
-    }
+/// How forwarding the agent's events ended.
+enum Forwarded {
+    /// The agent's connection ended: why, and the processes that never got their exit.
+    AgentGone { reason: String, open: Vec<u64> },
+    /// The API's writer is gone.
+    OutputClosed,
 }
 
-/// Turns the guest's notifications into runtime API events, in order.
-async fn forward(mut notes: Notes, events: impl RuntimeHandler) {
-    while let Some(Notification { body }) = notes.recv().await {
-        let status = match body {
-            Some(notification::Body::Output(o)) => {
-                // The chunk moves into the event for its stream; no copy on this hot path.
-                let (stdout, stderr) = match o.fd {
-                    1 => (o.data, Vec::new()),
-                    2 => (Vec::new(), o.data),
-                    _ => continue,
+/// Turns the agent's events into runtime API events, in order.
+async fn forward(mut events: Events, out: Outbox) -> Forwarded {
+    while let Some(event) = events.recv().await {
+        let status = match event {
+            // The chunk moves into the event for its stream; no copy on this hot path.
+            AgentEvent::Output { pid, fd, data } => {
+                let (stdout, stderr) = if fd == 2 {
+                    (Vec::new(), data)
+                } else {
+                    (data, Vec::new())
                 };
-                ProcessStatus {
-                    pid: o.pid,
+                response::ProcessStatus {
+                    pid,
                     running: true,
                     return_code: 0,
                     stdout,
                     stderr,
                 }
             }
-            Some(notification::Body::Exited(e)) => ProcessStatus {
-                pid: e.pid,
+            AgentEvent::Exited { pid, code } => response::ProcessStatus {
+                pid,
                 running: false,
-                return_code: exit_code(&e),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
+                return_code: code,
+                ..Default::default()
             },
-            None => continue,
+            AgentEvent::Closed { reason, open } => return Forwarded::AgentGone { reason, open },
         };
-        events.on_process_status(status).await;
+        if out.process_status(status).await.is_err() {
+            return Forwarded::OutputClosed;
+        }
+    }
+    Forwarded::AgentGone {
+        reason: "the guest agent's events ended".into(),
+        open: Vec::new(),
+    }
+}
+
+/// Gives each of `open` its final status: `reason` on stderr, then the end with
+/// [`LOST_RETURN_CODE`].
+async fn end_open_commands(out: &Outbox, open: &[u64], reason: &str) {
+    for &pid in open {
+        let line = format!("ya-runtime-vm: the command did not finish: {reason}\n");
+        let _ = out
+            .process_status(response::ProcessStatus {
+                pid,
+                running: true,
+                stderr: line.into_bytes(),
+                ..Default::default()
+            })
+            .await;
+        let _ = out
+            .process_status(response::ProcessStatus {
+                pid,
+                running: false,
+                return_code: LOST_RETURN_CODE,
+                ..Default::default()
+            })
+            .await;
     }
 }
 
@@ -195,26 +222,28 @@ async fn run_entrypoint(vm: &RunningVm, d: &Deployment, argv: &[String]) -> anyh
     if let Some(name) = Path::new(&argv[0]).file_name() {
         req.argv[0] = name.to_string_lossy().into_owned();
     }
-    match vm.agent.request(request::Body::Run(req)).await? {
-        response::Body::Started(s) => Ok(s.pid),
-        response::Body::Error(e) => bail!(
-            "the image's entrypoint {argv:?} did not start: {}",
-            e.message
-        ),
-        other => bail!("unexpected answer from the guest: {other:?}"),
-    }
+    vm.agent
+        .run(req)
+        .await
+        .with_context(|| format!("the image's entrypoint {argv:?} did not start"))
 }
 
 /// Why serving ended.
 enum End {
     /// The exe-unit closed stdin.
     InputClosed,
-    /// The exe-unit sent Shutdown (the VM is already off).
-    ShutdownRequested,
+    /// The exe-unit sent Shutdown (request id).
+    Shutdown(u64),
     /// A terminating signal.
     Signal(i32),
     /// QEMU or a helper died: what and the console's last lines.
     VmDied(String),
+    /// The agent's connection broke or went silent.
+    AgentLost { reason: String, open: Vec<u64> },
+    /// The runtime API's input is not the protocol, or cannot be read.
+    InputBroken(String),
+    /// The runtime API's output is closed.
+    OutputClosed,
 }
 
 /// Boots and serves until one of the ends above; powers the VM off and returns the runtime's
@@ -227,7 +256,7 @@ pub async fn start(workdir: &Path, opts: &VmOptions, start_entrypoint: bool) -> 
         (true, Some(argv)) => Some(argv),
         (true, None) => bail!("{START_ENTRYPOINT}: the image defines no Entrypoint or Cmd"),
     };
-    let (vm, notes) = tokio::select! {
+    let (vm, events) = tokio::select! {
         booted = RunningVm::start(&deployment, workdir, opts) => booted?,
         signal = termination.recv() => {
             // Dropping the boot kills what it started and removes its directory.
@@ -235,75 +264,146 @@ pub async fn start(workdir: &Path, opts: &VmOptions, start_entrypoint: bool) -> 
             return Ok(signals::exit_status(signal));
         }
     };
-    // The entrypoint starts before serving: its output waits in the notification queue until
-    // the start result has gone out.
+    let vm = Rc::new(vm);
+    // The entrypoint starts before serving: its output waits in the event queue until the
+    // start result has gone out.
     let started = match &entrypoint {
-        Some(argv) => match run_entrypoint(&vm, &deployment, argv).await {
-            Ok(pid) => Some(serde_json::json!({
-                "start": null,
-                "entrypoint": {"pid": pid, "command": argv},
-            })),
-            Err(e) => {
-                vm.shutdown().await;
-                return Err(e);
+        Some(argv) => {
+            let pid = tokio::select! {
+                pid = run_entrypoint(&vm, &deployment, argv) => pid,
+                signal = termination.recv() => {
+                    tracing::info!("{}: VM powered off", signals::name(signal));
+                    vm.shutdown().await;
+                    return Ok(signals::exit_status(signal));
+                }
+            };
+            match pid {
+                Ok(pid) => Some(serde_json::json!({
+                    "start": null,
+                    "entrypoint": {"pid": pid, "command": argv},
+                })),
+                Err(e) => {
+                    vm.shutdown().await;
+                    return Err(e);
+                }
             }
-        },
+        }
         None => None,
     };
-    let vm = Rc::new(vm);
-    let stopped = Rc::new(Notify::new());
-    let (served, told) = (vm.clone(), stopped.clone());
+    let service = Service {
+        vm: vm.clone(),
+        deployment,
+    };
     let local = tokio::task::LocalSet::new();
-    let end = local
-        .run_until(async {
-            let server = ya_runtime_api::server::run_async(move |emitter| async move {
-                if let Some(result) = started {
-                    // What upstream's SDK sends: the start result as stdout of pid 0.
-                    emitter
-                        .on_process_status(ProcessStatus {
-                            pid: 0,
-                            running: true,
-                            return_code: 0,
-                            stdout: result.to_string().into_bytes(),
-                            stderr: Vec::new(),
-                        })
-                        .await;
-                }
-                tokio::task::spawn_local(forward(notes, emitter));
-                Service {
-                    vm: served,
-                    deployment,
-                    stopped: told,
-                }
-            });
-            tokio::pin!(server);
-            tokio::select! {
-                () = &mut server => End::InputClosed,
-                () = stopped.notified() => {
-                    // Let the server write the Shutdown response, then stop serving: the
-                    // exe-unit expects the runtime to end by itself after Shutdown.
-                    let _ = tokio::time::timeout(RESPONSE_GRACE, &mut server).await;
-                    End::ShutdownRequested
-                }
-                signal = termination.recv() => End::Signal(signal),
-                what = vm.watch() => End::VmDied(what),
-            }
-        })
-        .await;
-    match &end {
-        End::VmDied(_) => vm.kill().await,
-        _ => vm.shutdown().await,
+    local
+        .run_until(serve_activity(vm, service, events, started, termination))
+        .await
+}
+
+/// Serves the runtime API for a booted VM, then tears down as the end requires.
+async fn serve_activity(
+    vm: Rc<RunningVm>,
+    service: Service,
+    events: Events,
+    started: Option<serde_json::Value>,
+    mut termination: Termination,
+) -> anyhow::Result<u8> {
+    let (outbox, queue) = Outbox::new();
+    let mut writer = tokio::spawn(server::write_all(tokio::io::stdout(), queue));
+    if let Some(result) = started {
+        // What upstream's SDK sends: the start result as stdout of pid 0.
+        let _ = outbox
+            .process_status(response::ProcessStatus {
+                pid: 0,
+                running: true,
+                stdout: result.to_string().into_bytes(),
+                ..Default::default()
+            })
+            .await;
     }
+    let mut forwarder = tokio::task::spawn_local(forward(events, outbox.clone()));
+    let mut serving = Box::pin(server::serve(
+        tokio::io::stdin(),
+        Rc::new(service),
+        outbox.clone(),
+    ));
+    let end = tokio::select! {
+        ending = &mut serving => match ending {
+            Ending::InputClosed => End::InputClosed,
+            Ending::Shutdown(id) => End::Shutdown(id),
+            Ending::Corrupt(e) => End::InputBroken(e.to_string()),
+            Ending::ReadFailed(e) => End::InputBroken(format!("reading it failed: {e}")),
+        },
+        _ = &mut writer => End::OutputClosed,
+        forwarded = &mut forwarder => match forwarded {
+            Ok(Forwarded::AgentGone { reason, open }) => End::AgentLost { reason, open },
+            Ok(Forwarded::OutputClosed) | Err(_) => End::OutputClosed,
+        },
+        signal = termination.recv() => End::Signal(signal),
+        what = vm.watch() => End::VmDied(what),
+    };
+    // Requests still in flight are dropped with the server.
+    drop(serving);
     match end {
-        End::ShutdownRequested => Ok(0),
+        End::Shutdown(id) => {
+            forwarder.abort();
+            // Everything goes before the reply: the exe-unit kills the runtime on seeing it.
+            vm.shutdown().await;
+            let _ = outbox.reply_shutdown(id).await;
+            drop(outbox);
+            let _ = forwarder.await;
+            let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
+            Ok(0)
+        }
         End::InputClosed => {
+            forwarder.abort();
+            vm.shutdown().await;
             tracing::info!("the exe-unit closed the runtime API: VM powered off");
             Ok(0)
         }
         End::Signal(signal) => {
+            forwarder.abort();
+            vm.shutdown().await;
             tracing::info!("{}: VM powered off", signals::name(signal));
             Ok(signals::exit_status(signal))
         }
-        End::VmDied(what) => bail!("the VM stopped unexpectedly: {what}"),
+        End::InputBroken(why) => {
+            forwarder.abort();
+            vm.shutdown().await;
+            bail!("the runtime API's input is broken: {why}")
+        }
+        End::OutputClosed => {
+            forwarder.abort();
+            vm.shutdown().await;
+            bail!("the runtime API's output is closed: the exe-unit is gone")
+        }
+        End::VmDied(what) => {
+            vm.kill().await;
+            // The agent's connection ends with the VM: its last events, then the open commands.
+            if let Ok(Ok(Forwarded::AgentGone { open, .. })) =
+                tokio::time::timeout(LAST_EVENTS_LIMIT, &mut forwarder).await
+            {
+                end_open_commands(&outbox, &open, "the VM stopped").await;
+            }
+            forwarder.abort();
+            drop(outbox);
+            let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
+            bail!("the VM stopped unexpectedly: {what}")
+        }
+        End::AgentLost { reason, open } => {
+            // A VM that died takes its agent's connection with it: name the death, not its echo.
+            let died = tokio::time::timeout(LAST_EVENTS_LIMIT / 4, vm.watch())
+                .await
+                .ok();
+            vm.kill().await;
+            end_open_commands(&outbox, &open, &reason).await;
+            forwarder.abort();
+            drop(outbox);
+            let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
+            match died {
+                Some(what) => bail!("the VM stopped unexpectedly: {what}"),
+                None => bail!("the guest agent is lost: {reason}"),
+            }
+        }
     }
 }

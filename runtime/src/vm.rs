@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use agent_protocol::{request, response, Empty, MountDisk, MountRam, MountVolume};
+use agent_protocol::{MountDisk, MountRam, MountVolume};
 use anyhow::{bail, Context};
 use qemu_config::{Accel, Disk, DiskAccess, FsShare, Machine, VmConfig, Vsock};
 use tokio::process::{Child, Command};
 
-use crate::agent_client::{guest_socket, AgentClient, AgentListener, Notes};
+use crate::agent::client::Mount;
+use crate::agent::{guest_socket, AgentClient, AgentListener, Events};
 use crate::cli::VsockRequest;
+use crate::console::Console;
 use crate::deployment::Deployment;
 use crate::kernel_vsock::{self, KernelVsock};
 use crate::runtime_dir::RuntimeDir;
@@ -34,8 +36,6 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// virtiofsd's sandboxes, strongest first: mount/pid/net namespaces (root or unprivileged user
 /// namespaces), then chroot (root only), then none. Each VM uses the first that starts.
 const SANDBOXES: [&str; 3] = ["namespace", "chroot", "none"];
-/// Console lines quoted in boot errors.
-const CONSOLE_TAIL: usize = 15;
 
 /// What to boot with.
 #[derive(Debug, Clone)]
@@ -75,7 +75,10 @@ impl Children {
 /// A booted VM with a connected agent. All methods take `&self`, so the VM can be shared by
 /// the tasks that serve requests, watch it and shut it down.
 pub struct RunningVm {
-    run_dir: tempfile::TempDir,
+    /// The scratch dir (sockets, logs); `None` once removed at the end.
+    run_dir: std::sync::Mutex<Option<tempfile::TempDir>>,
+    /// The guest console, as far as it is kept.
+    console: Console,
     /// `None` once [`RunningVm::shutdown`] has begun.
     children: std::sync::Mutex<Option<Children>>,
     /// The agent.
@@ -186,23 +189,6 @@ fn tail(path: &Path, n: usize) -> String {
     last_lines(&std::fs::read_to_string(path).unwrap_or_default(), n)
 }
 
-/// What the guest console says about the VM's end: the kernel's panic line when it panicked
-/// (the lines after it are a backtrace, no help to a requestor), else its last `n` lines.
-fn console_summary(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    match text
-        .lines()
-        .find(|l| l.contains("Kernel panic - not syncing"))
-    {
-        Some(line) => line
-            .split_once("] ")
-            .map_or(line, |(_, msg)| msg)
-            .trim()
-            .to_string(),
-        None => last_lines(&text, n),
-    }
-}
-
 /// The last `n` non-empty lines of `text`, trimmed and joined with ` | ` on one line.
 pub fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text
@@ -225,7 +211,7 @@ impl RunningVm {
         d: &Deployment,
         workdir: &Path,
         opts: &VmOptions,
-    ) -> anyhow::Result<(Self, Notes)> {
+    ) -> anyhow::Result<(Self, Events)> {
         let run_dir = scratch::create().context("cannot create the VM's scratch directory")?;
         let rd = run_dir.path().to_path_buf();
         let mut helpers: Vec<(&'static str, Child)> = Vec::new();
@@ -336,7 +322,7 @@ impl RunningVm {
             }
         }
 
-        let console = rd.join("console.log");
+        let mut console = Console::new().context("cannot make the console's socket pair")?;
         let memory_mib = (d.resources.mem_gib * 1024.0).round() as u64;
         let config = VmConfig {
             accel: opts.accel,
@@ -359,7 +345,9 @@ impl RunningVm {
             .collect(),
             vsock: Some(vsock),
             shares,
-            console_log: Some(console.clone()),
+            console: console
+                .qemu_fd()
+                .map_or(qemu_config::Console::None, qemu_config::Console::Socket),
             free_page_reporting: true,
         };
         let qemu_log = rd.join("qemu.log");
@@ -375,63 +363,59 @@ impl RunningVm {
         for (_, disk) in &scratch_disks {
             inherit_fd(qemu_cmd.as_std_mut(), disk.fd());
         }
+        if let Some(fd) = console.qemu_fd() {
+            inherit_fd(qemu_cmd.as_std_mut(), fd);
+        }
         let mut qemu = spawn_tied(&mut qemu_cmd, "qemu-system-x86_64")?;
         // QEMU holds the device (and so the CID) now, and the disks: they are gone when it is.
         drop(inherited);
         drop(scratch_disks);
+        console.handed_over();
         tracing::debug!(
             "QEMU started: {} vCPU, {memory_mib} MiB, {}",
             config.cpus,
             config.accel
         );
 
-        let connected = AgentClient::accept(&listener, BOOT_TIMEOUT, || match qemu.try_wait() {
-            Ok(Some(status)) => Err(format!("QEMU exited ({status}): {}", tail(&qemu_log, 3))),
-            _ => Ok(()),
-        })
-        .await;
-        let (agent, notes) = match connected {
+        let connected = listener
+            .accept(BOOT_TIMEOUT, || match qemu.try_wait() {
+                Ok(Some(status)) => Err(format!("QEMU exited ({status}): {}", tail(&qemu_log, 3))),
+                _ => Ok(()),
+            })
+            .await;
+        let conn = match connected {
             Ok(c) => c,
-            Err(e) => bail!(
-                "the VM did not start: {e}; console: {}",
-                tail(&console, CONSOLE_TAIL)
-            ),
+            Err(e) => bail!("the VM did not start: {e}; console: {}", console.summary()),
         };
-        match agent
-            .request(request::Body::Hello(agent_protocol::Hello {
-                version: agent_protocol::VERSION as u32,
-            }))
-            .await?
-        {
-            response::Body::Hello(h) if h.version == u32::from(agent_protocol::VERSION) => {}
-            other => bail!("the guest agent speaks another protocol: {other:?}"),
-        }
+        let (agent, events) = AgentClient::new(conn);
+        agent.hello().await?;
         let vm = Self {
-            run_dir,
+            run_dir: std::sync::Mutex::new(Some(run_dir)),
+            console,
             children: std::sync::Mutex::new(Some(Children { qemu, helpers })),
             agent,
         };
         // Parents before children, whatever their kinds.
-        let mut mounts: Vec<(&str, request::Body)> = d
+        let mut mounts: Vec<(&str, Mount)> = d
             .volumes
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let body = request::Body::Mount(MountVolume {
+                let body = Mount::Volume(MountVolume {
                     tag: format!("vol{i}"),
                     path: v.path.clone(),
                 });
                 (v.path.as_str(), body)
             })
             .chain(d.ram_volumes.iter().map(|r| {
-                let body = request::Body::MountRam(MountRam {
+                let body = Mount::Ram(MountRam {
                     path: r.path.clone(),
                     size: r.size,
                 });
                 (r.path.as_str(), body)
             }))
             .chain(d.storage_volumes.iter().enumerate().map(|(i, s)| {
-                let body = request::Body::MountDisk(MountDisk {
+                let body = Mount::Disk(MountDisk {
                     serial: storage_serial(i),
                     path: s.path.clone(),
                     errors: s
@@ -444,17 +428,18 @@ impl RunningVm {
             }))
             .collect();
         mounts.sort_by(|a, b| a.0.cmp(b.0));
-        for (path, body) in mounts {
-            if let response::Body::Error(e) = vm.agent.request(body).await? {
-                bail!("cannot mount the volume at {path}: {}", e.message);
-            }
+        for (path, mount) in mounts {
+            vm.agent
+                .mount(mount)
+                .await
+                .with_context(|| format!("cannot mount the volume at {path}"))?;
         }
-        Ok((vm, notes))
+        Ok((vm, events))
     }
 
     /// The guest console so far, on one line: the kernel panic line, or the last lines.
     pub fn console_tail(&self) -> String {
-        console_summary(&self.run_dir.path().join("console.log"), CONSOLE_TAIL)
+        self.console.summary()
     }
 
     /// Whether [`RunningVm::shutdown`] has been called.
@@ -496,12 +481,7 @@ impl RunningVm {
         };
         let running = orderly && matches!(qemu.try_wait(), Ok(None));
         let answered = if running {
-            tokio::time::timeout(
-                POWER_OFF_TIMEOUT,
-                self.agent.request(request::Body::Shutdown(Empty {})),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok())
+            self.agent.shutdown(POWER_OFF_TIMEOUT).await.is_ok()
         } else {
             false
         };
@@ -522,30 +502,11 @@ impl RunningVm {
                 tracing::debug!("stopping {name}: {e}");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_console_summary_quotes_a_kernel_panic_or_the_last_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("console.log");
-        std::fs::write(&log, "boot\n\n  init up  \nagent ready\n").unwrap();
-        assert_eq!(console_summary(&log, 2), "init up | agent ready");
-        std::fs::write(
-            &log,
-            "[    4.81] EXT4-fs error (device vdc): boom\n\
-             [    4.82] Kernel panic - not syncing: EXT4-fs (device vdc): panic forced after error\n\
-             [    4.83] CPU: 0 PID: 61 Comm: sh\n[    4.84]  </TASK>\n",
-        )
-        .unwrap();
-        assert_eq!(
-            console_summary(&log, 15),
-            "Kernel panic - not syncing: EXT4-fs (device vdc): panic forced after error"
-        );
-        assert_eq!(console_summary(&dir.path().join("none"), 3), "(no output)");
+        // Nothing uses the sockets and logs now; the console summary was read by the caller if
+        // it needed one.
+        let dir = self.run_dir.lock().ok().and_then(|mut d| d.take());
+        if let Some(Err(e)) = dir.map(tempfile::TempDir::close) {
+            tracing::warn!("cannot remove the VM's scratch directory: {e}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use qemu_config::{Accel, Disk, DiskAccess, FsShare, Machine, VmConfig, Vsock};
+use qemu_config::{Accel, Console, Disk, DiskAccess, FsShare, Machine, VmConfig, Vsock};
 
 use agent_protocol::{
     notification, request, response, Exited, Frame, FrameDecoder, Notification, Request,
@@ -245,7 +245,7 @@ pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<S
         disks: Vec::new(),
         vsock: None,
         shares: Vec::new(),
-        console_log: Some(d.join("console.log")),
+        console: Console::File(d.join("console.log")),
         free_page_reporting: false,
     };
     if devices {
