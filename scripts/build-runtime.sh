@@ -78,7 +78,7 @@ build_init() {
     die "building init-container ($profile, static) failed"
   fi
   local b
-  for b in init-container floor-init vsock-send; do
+  for b in init-container floor-init vsock-send hostile; do
     [ -x "$bin_dir/$b" ] || die "cargo did not produce $bin_dir/$b"
   done
 }

@@ -3,191 +3,10 @@
 //! kill, shutdown; and every other way the runtime ends (stdin closed, SIGTERM, SIGKILL, QEMU
 //! dying, a runtime dir without a kernel) leaving no process and no socket behind.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use local_runner::ChannelEvents;
-use tokio::sync::mpsc;
-use ya_runtime_api::server::{
-    spawn, KillProcess, ProcessStatus, RunProcess, RuntimeControl, RuntimeService,
-};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ya-runtime-vm");
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Collects one process's output until its final event; returns (stdout, stderr, code).
-async fn finish(
-    events: &mut mpsc::UnboundedReceiver<ProcessStatus>,
-    pid: u64,
-) -> (Vec<u8>, Vec<u8>, i32) {
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    loop {
-        let s = tokio::time::timeout(Duration::from_secs(60), events.recv())
-            .await
-            .expect("event in time")
-            .expect("event stream open");
-        assert_eq!(s.pid, pid, "events of one process at a time in this test");
-        out.extend(&s.stdout);
-        err.extend(&s.stderr);
-        if !s.running {
-            return (out, err, s.return_code);
-        }
-    }
-}
-
-fn run(bin: &str, args: &[&str]) -> RunProcess {
-    RunProcess {
-        bin: bin.into(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-/// A deployed copy of the sample image in a private directory.
-struct Activity {
-    dir: tempfile::TempDir,
-    /// The deploy result's `vols`: (guest path, host dir name).
-    vols: Vec<(String, String)>,
-}
-
-impl Activity {
-    async fn deploy() -> Self {
-        let sample = std::fs::read(repo().join("target/images/sample.gvmi"))
-            .expect("scripts/build-sample-image.sh");
-        Self::deploy_image(&sample).await
-    }
-
-    /// Deploys these image bytes (as `sample.gvmi` in the activity's dir).
-    async fn deploy_image(image: &[u8]) -> Self {
-        Self::deploy_with(image, &[]).await
-    }
-
-    /// Deploys these image bytes with these extra deploy arguments.
-    async fn deploy_with(image: &[u8], extra: &[&str]) -> Self {
-        let mut a = Self {
-            dir: tempfile::tempdir().unwrap(),
-            vols: Vec::new(),
-        };
-        std::fs::write(a.dir.path().join("sample.gvmi"), image).unwrap();
-        let out = a
-            .command()
-            .args(extra)
-            .args(["deploy", "--"])
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        for v in result["vols"].as_array().unwrap() {
-            let field = |k: &str| v[k].as_str().unwrap().to_string();
-            a.vols.push((field("path"), field("name")));
-        }
-        a
-    }
-
-    /// The host directory of the volume mounted at `guest_path`.
-    fn volume(&self, guest_path: &str) -> PathBuf {
-        let (_, name) = self.vols.iter().find(|(p, _)| p == guest_path).unwrap();
-        self.dir.path().join("work").join(name)
-    }
-
-    fn command(&self) -> tokio::process::Command {
-        let mut path = std::ffi::OsString::from(repo().join(".tools/bin"));
-        path.push(":");
-        path.push(std::env::var_os("PATH").unwrap_or_default());
-        let mut c = tokio::process::Command::new(BIN);
-        c.arg("--workdir")
-            .arg(self.dir.path().join("work"))
-            .arg("--task-package")
-            .arg(self.dir.path().join("sample.gvmi"))
-            .env("PATH", path)
-            .env("YA_RUNTIME_VM_ACCEL", "tcg")
-            // The VM's sockets and logs go under the activity's dir, so that every helper's
-            // command line names it and a socket left behind is seen.
-            .env("TMPDIR", self.dir.path());
-        c
-    }
-
-    /// Processes (QEMU, helpers, the runtime) whose command line names this activity, and the
-    /// VM run dirs (sockets) left in it.
-    async fn leftovers(&self) -> Vec<String> {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let processes = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(&needle));
-        let run_dirs = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("yrv-"));
-        processes.chain(run_dirs).collect()
-    }
-
-    /// The workdir's entries that are neither `deployment.json` nor a host volume dir of the
-    /// deploy result (scratch disks have no name, so there should be none).
-    fn workdir_extras(&self) -> Vec<String> {
-        std::fs::read_dir(self.dir.path().join("work"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "deployment.json" && !self.vols.iter().any(|(_, v)| v == n))
-            .collect()
-    }
-
-    /// The pid of this activity's process whose program is named `program`.
-    fn pid_of(&self, program: &str) -> Option<i32> {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd);
-            let argv0 = cmd.split('\0').next()?;
-            let pid = e.file_name().to_str()?.parse().ok()?;
-            (Path::new(argv0).file_name()? == program && cmd.contains(&needle)).then_some(pid)
-        })
-    }
-
-    /// Spawns `start` through the API's client and waits for hello (the VM has booted).
-    async fn start(
-        &self,
-    ) -> (
-        impl RuntimeService + RuntimeControl,
-        mpsc::UnboundedReceiver<ProcessStatus>,
-    ) {
-        self.start_with(&["start"]).await
-    }
-
-    /// As [`Activity::start`], with these arguments (global flags, `start`, start arguments).
-    async fn start_with(
-        &self,
-        args: &[&str],
-    ) -> (
-        impl RuntimeService + RuntimeControl,
-        mpsc::UnboundedReceiver<ProcessStatus>,
-    ) {
-        let mut cmd = self.command();
-        cmd.args(args)
-            .stderr(std::fs::File::create(self.dir.path().join("runtime.log")).unwrap());
-        let (tx, events) = mpsc::unbounded_channel();
-        let rt = spawn(cmd, ChannelEvents(tx)).await.unwrap();
-        let version = tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
-            .await
-            .expect("boot in time")
-            .unwrap();
-        assert_eq!(version, env!("CARGO_PKG_VERSION"));
-        (rt, events)
-    }
-}
+use test_harness::{finish, run, sample_with_config, Activity};
+use ya_runtime_api::server::{KillProcess, RuntimeControl, RuntimeService};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exe_units_conversation() {
@@ -394,20 +213,6 @@ async fn closed_stdin_powers_the_vm_off_and_leaves_nothing() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// The sample image's file system under another configuration.
-fn sample_with_config(config_json: &str) -> Vec<u8> {
-    let sample = std::fs::read(repo().join("target/images/sample.gvmi"))
-        .expect("scripts/build-sample-image.sh");
-    let n = sample.len();
-    let json_len: usize = std::str::from_utf8(&sample[n - 8..])
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut image = sample[..n - 8 - json_len - 4].to_vec();
-    image.extend(test_fixtures::images::trailer(config_json.as_bytes()));
-    image
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_entrypoint_runs_the_images_entrypoint_and_reports_its_pid() {
     let activity = Activity::deploy_image(&sample_with_config(
@@ -505,7 +310,7 @@ async fn a_dying_child_ends_the_runtime(program: &str, named: &str) {
     let code = tokio::time::timeout(Duration::from_secs(15), rt.stopped())
         .await
         .expect("the runtime ends when a process of the VM dies");
-    let log = std::fs::read_to_string(activity.dir.path().join("runtime.log")).unwrap();
+    let log = activity.log();
     assert_eq!(code, 1, "{log}");
     assert!(
         log.contains(&format!(
@@ -589,9 +394,8 @@ async fn kernel_vsock_boots_where_the_host_has_it_and_is_a_clear_error_elsewhere
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_volume_keeps_its_state_across_commands() {
-    let sample = std::fs::read(repo().join("target/images/sample.gvmi")).unwrap();
     let activity = Activity::deploy_with(
-        &sample,
+        &test_harness::sample_image(),
         &[
             "--storage-gib",
             "0.5",

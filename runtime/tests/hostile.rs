@@ -1,0 +1,325 @@
+//! A hostile guest and a hostile runtime-API client, each case as it was tried against the
+//! runtime, with the outcome a provider needs: the runtime's memory and the host's disk stay
+//! bounded, the runtime goes on answering or ends the activity with one clear line, every open
+//! command gets a final status, and nothing of the activity is left behind.
+//!
+//! The guest's misdeeds are done by `hostile` (a static tool built with the init, copied into a
+//! volume) running as guest root.
+
+use std::time::{Duration, Instant};
+
+use test_harness::proto::{request, response};
+use test_harness::{finish, rss_kib, run, sh, Activity, RawApi};
+use ya_runtime_api::server::{RuntimeControl, RuntimeService};
+
+/// Bytes under `dir`, volumes included.
+fn disk_usage(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        if m.is_dir() {
+            total += disk_usage(&e.path());
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            total += m.blocks() * 512;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let runtime_pid = rt.id() as i32;
+    let (rss_before, disk_before) = (rss_kib(runtime_pid), disk_usage(activity.dir.path()));
+    let pid = rt
+        .run_process(run(&tool, &["hostile", "console-flood", "3000000"]))
+        .await
+        .unwrap()
+        .pid;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(out, b"wrote 3000000\n");
+    let (rss_after, disk_after) = (rss_kib(runtime_pid), disk_usage(activity.dir.path()));
+    assert!(
+        rss_after < rss_before + 4096,
+        "runtime RSS {rss_before} KiB -> {rss_after} KiB"
+    );
+    assert!(
+        disk_after < disk_before + 512 * 1024,
+        "activity dir {disk_before} -> {disk_after} bytes"
+    );
+    // The VM goes on.
+    let pid = rt
+        .run_process(run("/bin/echo", &["echo", "still here"]))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"still here\n");
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
+
+/// Stops PID 1 with ptrace from inside the guest; returns the tool's pid (whose exit can never be
+/// reported).
+async fn stop_init(rt: &impl RuntimeService, tool: &str) -> u64 {
+    let pid = rt
+        .run_process(run(tool, &["hostile", "stop-init"]))
+        .await
+        .unwrap()
+        .pid;
+    // Its output cannot come out either: PID 1 relays it. Give the tracer time to attach.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_init_misses_its_deadline_and_the_activity_ends_with_final_statuses() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let stopper = stop_init(&rt, &tool).await;
+    let asked = Instant::now();
+    let e = rt
+        .run_process(run("/bin/true", &["true"]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message.contains("did not answer a run request within"),
+        "{e:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        asked.elapsed()
+    );
+    // The command in flight gets its final status, with the reason on its stderr.
+    let (_, err, code) = finish(&mut events, stopper).await;
+    assert_eq!(code, -1);
+    assert!(
+        String::from_utf8_lossy(&err).contains("did not answer a run request"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    let code = tokio::time::timeout(Duration::from_secs(20), rt.stopped())
+        .await
+        .expect("the runtime ends the activity");
+    assert_eq!(code, 1);
+    let log = activity.log();
+    assert!(
+        log.lines().last().unwrap_or_default().starts_with(
+            "ya-runtime-vm: the guest agent is lost: the guest agent did not answer a run request"
+        ),
+        "{log}"
+    );
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_the_activity_even_with_init_stopped() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, _events) = activity.start().await;
+    stop_init(&rt, &tool).await;
+    let asked = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), rt.shutdown())
+        .await
+        .expect("Shutdown is answered")
+        .unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(activity.leftovers().await.is_empty());
+}
+
+/// Takes over PID 1's connection from inside the guest with `steal-conn MODE` while a command
+/// runs; the activity must end at once with `reason` in its last line, the running command
+/// getting its final status.
+async fn a_hijacked_connection_ends_the_activity(mode: &str, reason: &str) {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let sleeper = rt
+        .run_process(run("/bin/sleep", &["sleep", "1000"]))
+        .await
+        .unwrap()
+        .pid;
+    let hijacker = rt
+        .run_process(run(&tool, &["hostile", "steal-conn", mode]))
+        .await
+        .unwrap()
+        .pid;
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let s = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("final statuses in time")
+            .expect("events");
+        if !s.running {
+            ended.push((s.pid, s.return_code));
+        }
+    }
+    ended.sort();
+    let mut want = vec![(sleeper, -1), (hijacker, -1)];
+    want.sort();
+    assert_eq!(ended, want);
+    let code = tokio::time::timeout(Duration::from_secs(20), rt.stopped())
+        .await
+        .expect("the runtime ends the activity");
+    assert_eq!(code, 1);
+    let log = activity.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ya-runtime-vm: the guest agent is lost: ") && last.contains(reason),
+        "{log}"
+    );
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_shut_down_by_the_guest_ends_the_activity() {
+    a_hijacked_connection_ends_the_activity("shutdown", "closed the connection").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_connection_ends_the_activity() {
+    a_hijacked_connection_ends_the_activity("garbage", "broke the protocol").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bad_frames_ends_the_activity() {
+    a_hijacked_connection_ends_the_activity("bad-frames:1000", "bad frames").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_forged_frames_are_counted_and_the_vm_goes_on() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let pid = rt
+        .run_process(run(&tool, &["hostile", "steal-conn", "forged-output:10"]))
+        .await
+        .unwrap()
+        .pid;
+    let (out, _, code) = finish(&mut events, pid).await;
+    assert_eq!(
+        (out.as_slice(), code),
+        (&b"wrote 10 forged outputs\n"[..], 0)
+    );
+    let pid = rt.run_process(sh("echo fine")).await.unwrap().pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"fine\n");
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.log().contains("bad frame"), "{}", activity.log());
+    assert!(activity.leftovers().await.is_empty());
+}
+
+/// Boots, says hello, sends `bytes`; the runtime must exit 1 with `line` in its last line.
+async fn a_broken_api_stream_is_an_error(bytes: &[u8], line: &str) {
+    let activity = Activity::deploy().await;
+    let mut api = RawApi::start(&activity);
+    api.hello().await;
+    api.send_bytes(bytes).await;
+    let code = api.exit_code(Duration::from_secs(30)).await;
+    let log = activity.log();
+    assert_eq!(code, Some(1), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ya-runtime-vm: the runtime API's input is broken: ")
+            && last.contains(line),
+        "{log}"
+    );
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_the_api_are_an_error() {
+    a_broken_api_stream_is_an_error(&[0xff; 64], "a length prefix that is not a varint").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_length_prefix_is_refused_without_buffering() {
+    // 2^40 as a varint.
+    let prefix = [0x80, 0x80, 0x80, 0x80, 0x80, 0x20];
+    a_broken_api_stream_is_an_error(&prefix, "a request of 1099511627776 bytes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_a_command_gets_an_error_and_shutdown_leaves_nothing_at_the_reply() {
+    let activity = Activity::deploy().await;
+    let mut api = RawApi::start(&activity);
+    api.hello().await;
+    api.send(7, None).await;
+    let r = api.recv(Duration::from_secs(10)).await.expect("a reply");
+    assert_eq!(r.id, 7);
+    assert!(
+        matches!(&r.command, Some(response::Command::Error(e)) if e.message.contains("no command")),
+        "{r:?}"
+    );
+    // The moment the Shutdown reply arrives, the runtime is killed, as the exe-unit does it:
+    // everything must already be gone.
+    api.send(8, Some(request::Command::Shutdown(request::Shutdown {})))
+        .await;
+    let r = api.recv(Duration::from_secs(20)).await.expect("a reply");
+    assert!(
+        matches!(r.command, Some(response::Command::Shutdown(_))),
+        "{r:?}"
+    );
+    let _ = api.child.start_kill();
+    let left = activity.leftovers_now();
+    assert!(left.iter().all(|l| l.contains("ya-runtime-vm")), "{left:?}");
+    let _ = api.child.wait().await;
+    assert!(activity.leftovers_now().is_empty());
+    assert!(activity.workdir_extras().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_output_during_a_flood_ends_the_activity() {
+    let activity = Activity::deploy().await;
+    let mut api = RawApi::start(&activity);
+    api.hello().await;
+    let flood = request::RunProcess {
+        bin: "/bin/sh".into(),
+        args: vec!["sh".into(), "-c".into(), "cat /dev/zero".into()],
+        ..Default::default()
+    };
+    api.send(2, Some(request::Command::Run(flood))).await;
+    // Some of the flood arrives, then the exe-unit's end of stdout goes away.
+    for _ in 0..10 {
+        api.recv(Duration::from_secs(10)).await.expect("output");
+    }
+    api.stdout = None;
+    let code = api.exit_code(Duration::from_secs(30)).await;
+    let log = activity.log();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("the runtime API's output is closed"),
+        "{log}"
+    );
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_characters_in_every_path_reach_qemu_intact() {
+    let dir = tempfile::Builder::new()
+        .prefix("odd, dir=x:y ")
+        .tempdir()
+        .unwrap();
+    let activity = Activity::deploy_in(dir, &test_harness::sample_image(), &[]).await;
+    std::fs::write(activity.volume("/golem/input").join("in"), "through\n").unwrap();
+    let (rt, mut events) = activity.start().await;
+    let pid = rt.run_process(sh("cat /golem/input/in")).await.unwrap().pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"through\n");
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}

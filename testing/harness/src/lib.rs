@@ -1,0 +1,372 @@
+//! # test-harness
+//!
+//! What every end-to-end test of the runtime does the same way: deploy an image into a private
+//! activity directory, start `ya-runtime-vm start` and drive it through ya-runtime-api 0.7.0's
+//! own client as the exe-unit does, collect one process's events, and check what the activity
+//! left behind (processes, scratch dirs, files in the workdir). It sits beside the tests, at the
+//! far end of the data flow: it only talks to the runtime binary as yagna would.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use local_runner::ChannelEvents;
+use tokio::sync::mpsc;
+use ya_runtime_api::server::{spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `ya-runtime-vm` binary cargo built beside the running test (`target/<profile>/`).
+pub fn runtime_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    profile_dir.join("ya-runtime-vm")
+}
+
+/// The sample image (`scripts/build-sample-image.sh`).
+pub fn sample_image() -> Vec<u8> {
+    std::fs::read(repo().join("target/images/sample.gvmi")).expect("scripts/build-sample-image.sh")
+}
+
+/// The sample image's file system under another configuration.
+pub fn sample_with_config(config_json: &str) -> Vec<u8> {
+    let sample = sample_image();
+    let n = sample.len();
+    let json_len: usize = std::str::from_utf8(&sample[n - 8..])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut image = sample[..n - 8 - json_len - 4].to_vec();
+    image.extend(test_fixtures::images::trailer(config_json.as_bytes()));
+    image
+}
+
+/// A static guest tool built by `scripts/build-runtime.sh` (`vsock-send`, `hostile`).
+pub fn guest_tool(name: &str) -> PathBuf {
+    let p = repo()
+        .join("target/x86_64-unknown-linux-gnu/debug")
+        .join(name);
+    assert!(p.is_file(), "{} (scripts/build-runtime.sh)", p.display());
+    p
+}
+
+/// Collects one process's output until its final event; returns (stdout, stderr, code). Events
+/// of other processes are not expected.
+pub async fn finish(
+    events: &mut mpsc::UnboundedReceiver<ProcessStatus>,
+    pid: u64,
+) -> (Vec<u8>, Vec<u8>, i32) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    loop {
+        let s = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("event in time")
+            .expect("event stream open");
+        assert_eq!(s.pid, pid, "events of one process at a time in this test");
+        out.extend(&s.stdout);
+        err.extend(&s.stderr);
+        if !s.running {
+            return (out, err, s.return_code);
+        }
+    }
+}
+
+/// A `RunProcess` request for `bin` with `args` (argv[0] included).
+pub fn run(bin: &str, args: &[&str]) -> RunProcess {
+    RunProcess {
+        bin: bin.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `sh -c script`.
+pub fn sh(script: &str) -> RunProcess {
+    run("/bin/sh", &["sh", "-c", script])
+}
+
+/// A deployed image in a private directory.
+pub struct Activity {
+    /// The activity's directory: the image, `work/` (the workdir), the runtime's log, and the
+    /// VM's scratch dir (`TMPDIR` points here).
+    pub dir: tempfile::TempDir,
+    /// The deploy result's `vols`: (guest path, host dir name).
+    pub vols: Vec<(String, String)>,
+}
+
+impl Activity {
+    /// The sample image, deployed.
+    pub async fn deploy() -> Self {
+        Self::deploy_image(&sample_image()).await
+    }
+
+    /// Deploys these image bytes (as `sample.gvmi` in the activity's dir).
+    pub async fn deploy_image(image: &[u8]) -> Self {
+        Self::deploy_with(image, &[]).await
+    }
+
+    /// Deploys these image bytes with these extra global arguments.
+    pub async fn deploy_with(image: &[u8], extra: &[&str]) -> Self {
+        Self::deploy_in(tempfile::tempdir().unwrap(), image, extra).await
+    }
+
+    /// As [`Activity::deploy_with`], in this directory.
+    pub async fn deploy_in(dir: tempfile::TempDir, image: &[u8], extra: &[&str]) -> Self {
+        let mut a = Self {
+            dir,
+            vols: Vec::new(),
+        };
+        std::fs::write(a.dir.path().join("sample.gvmi"), image).unwrap();
+        let out = a
+            .command()
+            .args(extra)
+            .args(["deploy", "--"])
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for v in result["vols"].as_array().unwrap() {
+            let field = |k: &str| v[k].as_str().unwrap().to_string();
+            a.vols.push((field("path"), field("name")));
+        }
+        a
+    }
+
+    /// The host directory of the volume mounted at `guest_path`.
+    pub fn volume(&self, guest_path: &str) -> PathBuf {
+        let (_, name) = self.vols.iter().find(|(p, _)| p == guest_path).unwrap();
+        self.dir.path().join("work").join(name)
+    }
+
+    /// Copies a static guest tool into the volume at `guest_path`; returns its path in the guest.
+    pub fn install_tool(&self, name: &str, guest_path: &str) -> String {
+        std::fs::copy(guest_tool(name), self.volume(guest_path).join(name)).unwrap();
+        format!("{guest_path}/{name}")
+    }
+
+    /// `ya-runtime-vm` with the activity's global options, under TCG, with the helpers of
+    /// `.tools/bin` on `PATH` and the VM's scratch dir inside the activity's dir.
+    pub fn command(&self) -> tokio::process::Command {
+        let mut path = std::ffi::OsString::from(repo().join(".tools/bin"));
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        let mut c = tokio::process::Command::new(runtime_bin());
+        c.arg("--workdir")
+            .arg(self.dir.path().join("work"))
+            .arg("--task-package")
+            .arg(self.dir.path().join("sample.gvmi"))
+            .env("PATH", path)
+            .env("YA_RUNTIME_VM_ACCEL", "tcg")
+            // The VM's sockets and logs go under the activity's dir, so that every helper's
+            // command line names it and a socket left behind is seen.
+            .env("TMPDIR", self.dir.path())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// The runtime's stderr, as far as it was written (`runtime.log`).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runtime.log")).unwrap_or_default()
+    }
+
+    /// Processes (QEMU, helpers, the runtime) whose command line names this activity, and the
+    /// VM scratch dirs left in it.
+    pub async fn leftovers(&self) -> Vec<String> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.leftovers_now()
+    }
+
+    /// As [`Activity::leftovers`], without waiting for processes that are exiting.
+    pub fn leftovers_now(&self) -> Vec<String> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        let processes = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&needle));
+        let run_dirs = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("yrv-"));
+        processes.chain(run_dirs).collect()
+    }
+
+    /// The workdir's entries that are neither `deployment.json` nor a host volume dir of the
+    /// deploy result (scratch disks have no name, so there should be none).
+    pub fn workdir_extras(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path().join("work"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "deployment.json" && !self.vols.iter().any(|(_, v)| v == n))
+            .collect()
+    }
+
+    /// The pid of this activity's process whose program is named `program`.
+    pub fn pid_of(&self, program: &str) -> Option<i32> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd);
+            let argv0 = cmd.split('\0').next()?;
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            (Path::new(argv0).file_name()? == program && cmd.contains(&needle)).then_some(pid)
+        })
+    }
+
+    /// Spawns `start` through the API's client and waits for hello (the VM has booted).
+    pub async fn start(
+        &self,
+    ) -> (
+        impl RuntimeService + RuntimeControl,
+        mpsc::UnboundedReceiver<ProcessStatus>,
+    ) {
+        self.start_with(&["start"]).await
+    }
+
+    /// As [`Activity::start`], with these arguments (global flags, `start`, start arguments).
+    pub async fn start_with(
+        &self,
+        args: &[&str],
+    ) -> (
+        impl RuntimeService + RuntimeControl,
+        mpsc::UnboundedReceiver<ProcessStatus>,
+    ) {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .stderr(std::fs::File::create(self.dir.path().join("runtime.log")).unwrap());
+        let (tx, events) = mpsc::unbounded_channel();
+        let rt = spawn(cmd, ChannelEvents(tx)).await.unwrap();
+        let version = tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
+            .await
+            .expect("boot in time")
+            .unwrap();
+        assert!(!version.is_empty());
+        (rt, events)
+    }
+}
+
+/// The resident set of process `pid` in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A runtime-API client that speaks the wire format itself, for what the exe-unit's own client
+/// cannot do: send bytes that are not the protocol, close one stream, or watch the exact moment
+/// a reply arrives.
+pub struct RawApi {
+    /// The runtime process.
+    pub child: tokio::process::Child,
+    /// Its stdin (`None` once closed).
+    pub stdin: Option<tokio::process::ChildStdin>,
+    /// Its stdout (`None` once closed).
+    pub stdout: Option<tokio::process::ChildStdout>,
+    buf: Vec<u8>,
+}
+
+/// The runtime API's messages, as the exe-unit encodes them.
+pub use ya_runtime_api::server::proto;
+
+impl RawApi {
+    /// Spawns `start` (stderr to `runtime.log`) with both API streams piped.
+    pub fn start(activity: &Activity) -> Self {
+        let mut cmd = activity.command();
+        cmd.arg("start")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(activity.dir.path().join("runtime.log")).unwrap());
+        let mut child = cmd.spawn().unwrap();
+        Self {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            child,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes raw bytes to the runtime's stdin.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(bytes).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Sends one request.
+    pub async fn send(&mut self, id: u64, command: Option<proto::request::Command>) {
+        use prost_api::Message;
+        let bytes = proto::Request { id, command }.encode_length_delimited_to_vec();
+        self.send_bytes(&bytes).await;
+    }
+
+    /// The next response or event (`None` at the end of stdout), waiting up to `limit`.
+    pub async fn recv(&mut self, limit: Duration) -> Option<proto::Response> {
+        use prost_api::Message;
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut rest = &self.buf[..];
+            if let Ok(r) = proto::Response::decode_length_delimited(&mut rest) {
+                let used = self.buf.len() - rest.len();
+                self.buf.drain(..used);
+                return Some(r);
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            let stdout = self.stdout.as_mut()?;
+            let n = tokio::time::timeout_at(deadline, stdout.read(&mut chunk))
+                .await
+                .expect("a response in time")
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends `Hello` and waits for its reply (the VM has booted).
+    pub async fn hello(&mut self) {
+        self.send(
+            1,
+            Some(proto::request::Command::Hello(proto::request::Hello {
+                version: "0.1.0".into(),
+            })),
+        )
+        .await;
+        let r = self.recv(Duration::from_secs(120)).await.expect("a reply");
+        assert!(
+            matches!(r.command, Some(proto::response::Command::Hello(_))),
+            "{r:?}"
+        );
+    }
+
+    /// Waits up to `limit` for the runtime to exit; its exit code.
+    pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the runtime exits in time")
+            .unwrap()
+            .code()
+    }
+}
