@@ -8,10 +8,15 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
+use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
-use nix::unistd::{chown, Gid, Uid};
+use nix::sys::stat::{fchmod, Mode};
+use nix::unistd::{chown, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use crate::error::{Context, InitError, Result};
+use crate::in_root;
 use crate::log;
 
 /// The image's squashfs, read-only.
@@ -247,11 +252,10 @@ pub fn prepare_root() -> Result<()> {
 /// Creates `path` (absolute, inside the root) and mounts the virtio-fs `tag` there.
 pub fn mount_volume(tag: &str, path: &str) -> Result<()> {
     let rel = checked_relative(path)?;
-    let target = Path::new(ROOT).join(rel);
-    fs::create_dir_all(&target).ctx(|| format!("mkdir {path}"))?;
+    let target = mount_point(rel)?;
     mount(
         Some(tag),
-        &target,
+        &in_root::fd_path(&target),
         Some("virtiofs"),
         MsFlags::empty(),
         None::<&str>,
@@ -261,16 +265,22 @@ pub fn mount_volume(tag: &str, path: &str) -> Result<()> {
 
 /// The directory inside the root for a guest-side volume (`kind`) at `path`, created when
 /// missing; the root itself is refused (its writable layer is chosen at boot).
-fn volume_dir(path: &str, kind: &str) -> Result<PathBuf> {
+fn volume_dir(path: &str, kind: &str) -> Result<OwnedFd> {
     let rel = checked_relative(path)?;
     if rel.trim_matches('/').is_empty() {
         return Err(InitError::invalid(format!(
             "a {kind} volume cannot be mounted on / after boot"
         )));
     }
-    let target = Path::new(ROOT).join(rel);
-    fs::create_dir_all(&target).ctx(|| format!("mkdir {path}"))?;
-    Ok(target)
+    mount_point(rel)
+}
+
+/// The directory `rel` inside the root (made when missing), resolved inside the root: an image
+/// whose volume path crosses a symlink gets its volume where the link points in the image,
+/// never in the init's own file system.
+fn mount_point(rel: &str) -> Result<OwnedFd> {
+    let root = in_root::open_root(Path::new(ROOT))?;
+    in_root::dir_in(&root, rel, true)
 }
 
 /// Creates `path` (absolute, inside the root, not the root itself) and mounts a tmpfs of
@@ -282,7 +292,7 @@ pub fn mount_ram(path: &str, size: u64) -> Result<()> {
     let target = volume_dir(path, "ram")?;
     mount(
         Some("tmpfs"),
-        &target,
+        &in_root::fd_path(&target),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(format!("size={size},mode=1777").as_str()),
@@ -305,14 +315,22 @@ pub fn mount_disk(serial: &str, path: &str, errors: &str) -> Result<()> {
     let target = volume_dir(path, "storage")?;
     mount(
         Some(dev.as_path()),
-        &target,
+        &in_root::fd_path(&target),
         Some("ext4"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
     .ctx(|| format!("mount ext4 disk {serial} on {path}"))?;
-    let _ = fs::remove_dir(target.join("lost+found"));
-    fs::set_permissions(&target, fs::Permissions::from_mode(0o1777)).ctx(|| format!("chmod {path}"))
+    // The new file system's top: the mount point's descriptor still names what it covers.
+    let root = in_root::open_root(Path::new(ROOT))?;
+    let top = in_root::open_in(
+        &root,
+        checked_relative(path)?,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+    )
+    .ctx(|| format!("open {path}"))?;
+    let _ = unlinkat(&top, "lost+found", UnlinkatFlags::RemoveDir);
+    fchmod(&top, Mode::from_bits_truncate(0o1777)).ctx(|| format!("chmod {path}"))
 }
 
 /// `path` without its leading `/`, refused when not absolute or when it has `..`.

@@ -11,6 +11,7 @@ mod agent;
 mod boot;
 mod console;
 mod error;
+mod in_root;
 mod modules;
 mod process;
 mod spawn;

@@ -11,6 +11,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
 use crate::boot::checked_relative;
 use crate::error::{Context, InitError, Result};
+use crate::in_root;
 use crate::spawn::{self, Plan, Step};
 use crate::users;
 
@@ -78,14 +79,14 @@ pub fn spawn(root: &Path, req: &RunProcess) -> Result<Proc> {
         req.cwd.as_str()
     };
     let rel = checked_relative(cwd)?;
-    if !root.join(rel).is_dir() {
-        let errno = if root.join(rel).exists() {
-            nix::errno::Errno::ENOTDIR
-        } else {
-            nix::errno::Errno::ENOENT
-        };
-        return Err(InitError::sys(format!("working directory {cwd}"), errno));
-    }
+    // Checked as the chrooted process will see it, without following a link out of the root.
+    let root_fd = in_root::open_root(root)?;
+    in_root::dir_in(&root_fd, rel, false).map_err(|e| {
+        InitError::sys(
+            format!("working directory {cwd}"),
+            nix::errno::Errno::from_raw(e.errno),
+        )
+    })?;
     let id = users::resolve(root, &req.user, &req.group)?;
     for kv in &req.env {
         if !matches!(kv.split_once('='), Some((k, _)) if !k.is_empty()) {

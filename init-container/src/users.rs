@@ -1,9 +1,11 @@
 //! Resolving the image's `User` inside the guest: numbers are used as they are, names are looked
 //! up in the image root's own `/etc/passwd` and `/etc/group`.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use crate::error::{InitError, Result};
+use crate::in_root;
 
 /// Largest passwd or group file read.
 const MAX_DB: u64 = 4 * 1024 * 1024;
@@ -19,13 +21,9 @@ pub struct Identity {
     pub groups: Vec<u32>,
 }
 
-fn read_db(root: &Path, file: &str) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Ok(f) = std::fs::File::open(root.join(file)) {
-        let _ = f.take(MAX_DB).read_to_string(&mut text);
-    }
-    text
+/// A database of the image, read inside its root (see [`crate::in_root`]); empty when missing.
+fn read_db(root: &OwnedFd, file: &str) -> Result<String> {
+    Ok(in_root::read_regular(root, file, MAX_DB)?.unwrap_or_default())
 }
 
 /// (name, id, gid-or-members) rows of a colon-separated database.
@@ -37,9 +35,24 @@ fn rows(text: &str) -> impl Iterator<Item = Vec<&str>> {
 }
 
 /// Resolves `user` and `group` (empty: root, and the user's primary group) against `root`.
+///
+/// The image's `/etc/passwd` and `/etc/group` are only needed to the extent names are involved:
+/// when one is not a regular file, a name lookup is an error and the rest goes on without it.
 pub fn resolve(root: &Path, user: &str, group: &str) -> Result<Identity> {
-    let passwd = read_db(root, "etc/passwd");
-    let groups_db = read_db(root, "etc/group");
+    let root = in_root::open_root(root)?;
+    let passwd_read = read_db(&root, "etc/passwd");
+    let groups_read = read_db(&root, "etc/group");
+    let by_name = |s: &str| !s.is_empty() && s.parse::<u32>().is_err();
+    let passwd = if by_name(user) {
+        passwd_read?
+    } else {
+        passwd_read.unwrap_or_default()
+    };
+    let groups_db = if by_name(group) {
+        groups_read?
+    } else {
+        groups_read.unwrap_or_default()
+    };
     let (uid, name, primary) = if user.is_empty() {
         (0, Some("root".to_string()), Some(0))
     } else if let Ok(uid) = user.parse::<u32>() {
@@ -166,5 +179,29 @@ mod tests {
             .unwrap_err()
             .context
             .contains("nogroup"));
+    }
+
+    #[test]
+    fn a_fifo_for_a_database_fails_name_lookups_only_and_never_blocks() {
+        let d = root();
+        nix::unistd::mkfifo(
+            &d.0.join("etc/passwd"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::fs::write(d.0.join("etc/group"), "staff:x:50:\n").unwrap();
+        let e = resolve(&d.0, "app", "").unwrap_err();
+        assert!(
+            e.context.contains("/etc/passwd is not a regular file"),
+            "{e}"
+        );
+        assert_eq!(
+            resolve(&d.0, "1000", "staff").unwrap(),
+            Identity {
+                uid: 1000,
+                gid: 50,
+                groups: vec![50]
+            }
+        );
     }
 }

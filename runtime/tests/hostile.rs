@@ -323,3 +323,63 @@ async fn odd_characters_in_every_path_reach_qemu_intact() {
     assert_eq!(rt.stopped().await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_place_of_passwd_never_blocks_the_init() {
+    let activity = Activity::deploy_image(&test_harness::sample_with_config(
+        r#"{"Env":["PATH=/bin"],"User":"root","Volumes":{"/golem/output":{}}}"#,
+    ))
+    .await;
+    let (rt, mut events) = activity.start().await;
+    let pid = rt
+        .run_process(sh("rm /etc/passwd && mkfifo /etc/passwd"))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.2, 0);
+    // The image's User is a name: it cannot be looked up now, and the request says why.
+    let e = tokio::time::timeout(Duration::from_secs(30), rt.run_process(sh("true")))
+        .await
+        .expect("an answer")
+        .unwrap_err();
+    assert!(
+        e.message.contains("/etc/passwd is not a regular file"),
+        "{e:?}"
+    );
+    // The agent answers on.
+    rt.kill_process(ya_runtime_api::server::KillProcess { pid: 1, signal: 0 })
+        .await
+        .unwrap_err();
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_path_through_an_image_symlink_stays_inside_the_image() {
+    let image = test_harness::sample_changed(
+        |root| {
+            std::fs::remove_dir_all(root.join("golem")).unwrap();
+            // /golem points at the root: /golem/output is /output, inside the image.
+            std::os::unix::fs::symlink("/", root.join("golem")).unwrap();
+        },
+        r#"{"Env":["PATH=/bin"],"Volumes":{"/golem/output":{}}}"#,
+    );
+    let activity = Activity::deploy_image(&image).await;
+    let (rt, mut events) = activity.start().await;
+    let pid = rt
+        .run_process(sh("echo through > /golem/output/f && cat /output/f"))
+        .await
+        .unwrap()
+        .pid;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(out, b"through\n");
+    assert_eq!(
+        std::fs::read_to_string(activity.volume("/golem/output").join("f")).unwrap(),
+        "through\n"
+    );
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}

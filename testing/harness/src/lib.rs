@@ -370,3 +370,30 @@ impl RawApi {
             .code()
     }
 }
+
+/// The sample image's file system changed by `change` (run on an unpacked copy of its root),
+/// under `config_json`: unsquashfs, change, mksquashfs, trailer.
+pub fn sample_changed(change: impl FnOnce(&Path), config_json: &str) -> Vec<u8> {
+    let sample = sample_image();
+    let n = sample.len();
+    let json_len: usize = std::str::from_utf8(&sample[n - 8..])
+        .unwrap()
+        .parse()
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let sqfs = work.path().join("in.sqfs");
+    std::fs::write(&sqfs, &sample[..n - 8 - json_len - 4]).unwrap();
+    let root = work.path().join("root");
+    let status = std::process::Command::new("unsquashfs")
+        .args(["-quiet", "-no-progress", "-d"])
+        .arg(&root)
+        .arg(&sqfs)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "unsquashfs");
+    change(&root);
+    let mut image = test_fixtures::images::squashfs(&root, &work.path().join("out.sqfs")).unwrap();
+    image.extend(test_fixtures::images::trailer(config_json.as_bytes()));
+    image
+}

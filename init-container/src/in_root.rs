@@ -1,0 +1,169 @@
+//! Paths inside the image root, resolved the way a process chrooted there would see them and
+//! never further: an image (or a guest process) may turn any of its paths into a symlink to `/`,
+//! `/proc/1/…` or `..`, and the init must not follow it out into its own file system. Every
+//! lookup goes through `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` from a descriptor of
+//! the root, and files the init reads must be regular files, opened without blocking (a FIFO
+//! in place of `/etc/passwd` would otherwise stop the init on `open`).
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+
+use crate::error::{Context, InitError, Result};
+
+/// Attempts when `openat2` answers EAGAIN (a rename raced with the lookup of `..`).
+const RETRIES: usize = 8;
+
+/// A descriptor of the root directory itself (the init's own path, trusted).
+pub fn open_root(root: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("open {}", root.display()))
+}
+
+/// Opens `rel` (relative to the root, `..` and symlinks confined to it) with `flags`.
+pub fn open_in(root: &OwnedFd, rel: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+    // openat2 refuses flags that mean nothing with O_PATH (O_NOCTTY among them).
+    let extra = if flags.contains(OFlag::O_PATH) {
+        OFlag::O_CLOEXEC
+    } else {
+        OFlag::O_CLOEXEC | OFlag::O_NOCTTY
+    };
+    let how = OpenHow::new()
+        .flags(flags | extra)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.is_empty() { "." } else { rel };
+    let mut tries = 0;
+    loop {
+        match openat2(root, rel, how) {
+            Err(Errno::EAGAIN) if tries < RETRIES => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// The directory `rel` inside the root, as an `O_PATH` descriptor; with `create`, the missing
+/// components are made (mode 755) one at a time, each inside its resolved parent.
+pub fn dir_in(root: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    match open_in(root, rel, flags) {
+        Err(Errno::ENOENT) if create => {}
+        other => return other.ctx(|| format!("/{rel}")),
+    }
+    let mut parent = open_in(root, "", flags).ctx(|| "/".into())?;
+    let mut walked = String::new();
+    for name in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if !walked.is_empty() {
+            walked.push('/');
+        }
+        walked.push_str(name);
+        match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(InitError::sys(format!("mkdir /{walked}"), e)),
+        }
+        parent = open_in(root, &walked, flags).ctx(|| format!("/{walked}"))?;
+    }
+    Ok(parent)
+}
+
+/// A path that names what `fd` refers to, for calls that take a path (`mount`).
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// The text of the regular file `rel` inside the root, at most `max` bytes of it; `None` when
+/// it does not exist, an error when it is anything but a regular file.
+pub fn read_regular(root: &OwnedFd, rel: &str, max: u64) -> Result<Option<String>> {
+    let fd = match open_in(root, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK) {
+        Err(Errno::ENOENT) => return Ok(None),
+        other => other.ctx(|| format!("open /{rel}"))?,
+    };
+    let st = fstat(&fd).ctx(|| format!("stat /{rel}"))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(InitError::invalid(format!(
+            "the image's /{rel} is not a regular file"
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::from(fd)
+        .take(max)
+        .read_to_string(&mut text)
+        .map_err(|e| InitError::io(format!("read /{rel}"), &e))?;
+    Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let outer = tempfile::tempdir().unwrap();
+        let root_path = outer.path().join("root");
+        fs::create_dir_all(root_path.join("etc")).unwrap();
+        fs::write(outer.path().join("secret"), "host\n").unwrap();
+        fs::write(root_path.join("secret"), "image\n").unwrap();
+        // Absolute, relative and `..`-laden links all stay in the root.
+        symlink("/secret", root_path.join("etc/abs")).unwrap();
+        symlink("../../../secret", root_path.join("etc/rel")).unwrap();
+        symlink("/proc/self/root/secret", root_path.join("etc/magic")).unwrap();
+        let root = open_root(&root_path).unwrap();
+        assert_eq!(
+            read_regular(&root, "etc/abs", 100).unwrap().unwrap(),
+            "image\n"
+        );
+        assert_eq!(
+            read_regular(&root, "etc/rel", 100).unwrap().unwrap(),
+            "image\n"
+        );
+        assert!(read_regular(&root, "etc/magic", 100).unwrap().is_none());
+        assert!(read_regular(&root, "../secret", 100).unwrap().unwrap() == "image\n");
+        assert!(read_regular(&root, "etc/none", 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_fifo_or_a_directory_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("etc/passwd"),
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let root = open_root(dir.path()).unwrap();
+        let e = read_regular(&root, "etc/passwd", 100).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let e = read_regular(&root, "etc", 100).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn directories_are_made_through_links_inside_the_root_only() {
+        let outer = tempfile::tempdir().unwrap();
+        let root_path = outer.path().join("root");
+        fs::create_dir_all(root_path.join("data")).unwrap();
+        // The image points /golem at / (of the host, as far as it knows) and /vol at ../../.
+        symlink("/", root_path.join("golem")).unwrap();
+        symlink("../..", root_path.join("vol")).unwrap();
+        let root = open_root(&root_path).unwrap();
+        dir_in(&root, "golem/input/x", true).unwrap();
+        assert!(root_path.join("input/x").is_dir());
+        dir_in(&root, "vol/out", true).unwrap();
+        assert!(root_path.join("out").is_dir());
+        assert!(!outer.path().join("out").exists() && !outer.path().join("input").exists());
+        let e = dir_in(&root, "data/missing", false).unwrap_err();
+        assert_eq!(e.errno, libc::ENOENT);
+        fs::write(root_path.join("file"), "").unwrap();
+        let e = dir_in(&root, "file/sub", true).unwrap_err();
+        assert_eq!(e.errno, libc::ENOTDIR, "{e}");
+    }
+}
