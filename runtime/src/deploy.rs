@@ -103,7 +103,10 @@ fn plan_volumes<'a>(
             });
         }
     }
-    let volumes: u64 = storage.iter().map(|s| s.disk.size).sum();
+    let volumes = storage
+        .iter()
+        .try_fold(0u64, |sum, s| sum.checked_add(s.disk.size))
+        .context("--volume-override: the storage volumes' sizes add up past 2^64 bytes")?;
     let root = match root {
         Some(r) => r,
         None if granted.saturating_sub(volumes) < MIN_DISK_BYTES => bail!(
@@ -119,11 +122,10 @@ fn plan_volumes<'a>(
             errors: None,
         }),
     };
-    let on_disk = volumes
-        + match root {
-            RootLayer::Disk(d) => d.size,
-            RootLayer::Ram { .. } => 0,
-        };
+    let on_disk = volumes.saturating_add(match root {
+        RootLayer::Disk(d) => d.size,
+        RootLayer::Ram { .. } => 0,
+    });
     if on_disk > granted {
         bail!(
             "--volume-override: the storage volumes ask for {} in all, more than the {} that \
@@ -218,6 +220,13 @@ pub async fn deploy(req: &DeployRequest) -> anyhow::Result<DeployResult> {
         req.resources.storage_bytes(),
     )?;
     let vols = volumes::plan(host).context("the image declares an unusable VOLUME")?;
+    let count = vols.len() + ram.len() + storage.len();
+    if count > volumes::MAX_VOLUMES {
+        bail!(
+            "the image and --volume-override make {count} volumes; at most {} are supported",
+            volumes::MAX_VOLUMES
+        );
+    }
     let deployment = Deployment {
         format: FORMAT_VERSION,
         image: Image {

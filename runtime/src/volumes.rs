@@ -28,7 +28,18 @@ pub enum VolumeError {
     /// Contains a NUL or control character.
     #[error("volume path {0:?} contains a control character")]
     Control(String),
+    /// Is, or is under, a directory the init mounts itself.
+    #[error("volume path {0:?} is reserved: /proc, /sys and /dev belong to the guest's kernel")]
+    Reserved(String),
 }
+
+/// Directories the guest's init mounts itself (procfs, sysfs, devtmpfs): no volume may be at
+/// or under them.
+pub const RESERVED: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Most volumes of all kinds (host, `ram`, `storage`) one activity may have. Host and storage
+/// volumes are a PCI device each, and the VM has slots for a few dozen devices in all.
+pub const MAX_VOLUMES: usize = 16;
 
 /// `path` with duplicate and trailing slashes and `.` components removed.
 pub fn normalize(path: &str) -> Result<String, VolumeError> {
@@ -48,6 +59,15 @@ pub fn normalize(path: &str) -> Result<String, VolumeError> {
     }
     if out.is_empty() {
         return Err(VolumeError::Root(path.to_string()));
+    }
+    let under = |r: &str| {
+        out == r
+            || out
+                .strip_prefix(r)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if RESERVED.iter().any(|r| under(r)) {
+        return Err(VolumeError::Reserved(path.to_string()));
     }
     Ok(out)
 }
@@ -99,6 +119,14 @@ mod tests {
         );
         assert!(matches!(normalize("/a\nb"), Err(VolumeError::Control(_))));
         assert!(matches!(normalize("/a\0b"), Err(VolumeError::Control(_))));
+        for reserved in ["/proc", "//proc/", "/sys/fs/x", "/dev/shm"] {
+            assert_eq!(
+                normalize(reserved).unwrap_err(),
+                VolumeError::Reserved(reserved.into())
+            );
+        }
+        assert_eq!(normalize("/process").unwrap(), "/process");
+        assert_eq!(normalize("/devices/x").unwrap(), "/devices/x");
     }
 
     #[test]

@@ -186,6 +186,16 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
     std::fs::write(env.path("corrupt.gvmi"), &corrupt).unwrap();
     let (bad_user, _) = env.image("user.gvmi", r#"{"User":"a:b:c"}"#);
     let (bad_vol, _) = env.image("vol.gvmi", r#"{"Volumes":{"relative/path":{}}}"#);
+    let (proc_vol, _) = env.image("proc.gvmi", r#"{"Volumes":{"/proc":{}}}"#);
+    let many: Vec<String> = (0..64).map(|i| format!(r#""/v{i}":{{}}"#)).collect();
+    let (many_vols, _) = env.image(
+        "many.gvmi",
+        &format!(r#"{{"Volumes":{{{}}}}}"#, many.join(",")),
+    );
+    let huge = format!(
+        r#"{{"/a":{{"storage":{{"size":{max}}}}},"/b":{{"storage":{{"size":{max}}}}}}}"#,
+        max = u64::MAX
+    );
     let corrupt_path = env.path("corrupt.gvmi");
     let cases: Vec<(String, Vec<&str>, &str)> = vec![
         (corrupt_path.display().to_string(), vec![], "crc32"),
@@ -207,6 +217,29 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
         ),
         (bad_user.display().to_string(), vec![], "invalid User"),
         (bad_vol.display().to_string(), vec![], "not absolute"),
+        (
+            proc_vol.display().to_string(),
+            vec![],
+            "volume path \"/proc\" is reserved",
+        ),
+        (
+            many_vols.display().to_string(),
+            vec![],
+            "the image and --volume-override make 64 volumes; at most 16 are supported",
+        ),
+        (
+            good.display().to_string(),
+            vec![
+                "--volume-override",
+                r#"{"/dev/shm":{"ram":{"size":"1MiB"}}}"#,
+            ],
+            "volume path \"/dev/shm\" is reserved",
+        ),
+        (
+            good.display().to_string(),
+            vec!["--volume-override", &huge],
+            "sizes add up past 2^64 bytes",
+        ),
         (
             good.display().to_string(),
             vec!["--cpu-cores", "0"],
