@@ -65,6 +65,8 @@ pub(crate) struct Request<'a> {
     pub resume: bool,
     /// Ask the server to answer 304 when this version is still current.
     pub if_changed: Option<&'a Validator>,
+    /// The most bytes the file may have; a server that announces or sends more is refused.
+    pub max_bytes: u64,
 }
 
 /// How a download ended.
@@ -117,7 +119,7 @@ impl Request<'_> {
                     } else {
                         failures + 1
                     };
-                    if failures > MAX_FAILURES_WITHOUT_PROGRESS || attempts >= MAX_ATTEMPTS {
+                    if failures >= MAX_FAILURES_WITHOUT_PROGRESS || attempts >= MAX_ATTEMPTS {
                         break Err(LoadError::GaveUp {
                             url: self.url.to_string(),
                             attempts,
@@ -148,11 +150,23 @@ impl Request<'_> {
                     validator: state.validator,
                 })
             }
+            // Never resumable under this limit: what was written is of no use.
+            Err(e @ LoadError::TooLarge { .. }) => {
+                let _ = std::fs::remove_file(self.dest);
+                Err(e)
+            }
             // A writer error is the root cause when the writer stopped.
             Err(e) => Err(match written {
                 Err(w) => LoadError::io("download", w),
                 Ok(_) => e,
             }),
+        }
+    }
+
+    fn too_large(&self) -> LoadError {
+        LoadError::TooLarge {
+            url: self.url.to_string(),
+            limit: self.max_bytes,
         }
     }
 
@@ -225,11 +239,17 @@ impl Request<'_> {
         if let Some(v) = Validator::from_headers(resp.headers()) {
             st.validator = Some(v);
         }
+        if total.is_some_and(|t| t > self.max_bytes) {
+            return Err(Failure::Fatal(self.too_large()));
+        }
         st.progress.set_total(total);
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Failure::Transient(error_chain(&e)))?;
-            let end = st.offset + chunk.len() as u64;
+            let end = st.offset.saturating_add(chunk.len() as u64);
+            if end > self.max_bytes {
+                return Err(Failure::Fatal(self.too_large()));
+            }
             if total.is_some_and(|t| end > t) {
                 return Err(Failure::Fatal(LoadError::Protocol {
                     url: self.url.to_string(),

@@ -47,6 +47,14 @@ pub enum LoadError {
         /// The last failure.
         last: String,
     },
+    /// The package is larger than the provider allows.
+    #[error("download of {url} refused: the package is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
     /// The server's answer contradicts itself (for example a range it was not asked for).
     #[error("download of {url} failed: {reason}")]
     Protocol {

@@ -19,6 +19,8 @@ use crate::sink::hash_file;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest silence from the server in the middle of a transfer.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default largest package downloaded: 32 GiB.
+pub const DEFAULT_MAX_PACKAGE_BYTES: u64 = 32 << 30;
 
 /// A package available on local disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,7 @@ pub struct LocalPackage {
 pub struct Loader {
     cache_root: PathBuf,
     client: reqwest::Client,
+    max_bytes: u64,
 }
 
 /// What is stored beside a URL-keyed cache entry.
@@ -58,7 +61,14 @@ impl Loader {
         Ok(Self {
             cache_root: cache_root.into(),
             client,
+            max_bytes: DEFAULT_MAX_PACKAGE_BYTES,
         })
+    }
+
+    /// Refuses downloads larger than `bytes` (default [`DEFAULT_MAX_PACKAGE_BYTES`]).
+    pub fn with_max_package_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = bytes;
+        self
     }
 
     /// Makes the package available locally, verified against the digest the reference pins.
@@ -136,6 +146,7 @@ impl Loader {
             algo: expected.algo(),
             resume: true,
             if_changed: None,
+            max_bytes: self.max_bytes,
         }
         .run()
         .await?;
@@ -177,6 +188,7 @@ impl Loader {
             algo: HashAlgo::Sha3_256,
             resume: false,
             if_changed: known.as_ref().and_then(|m| m.validator.as_ref()),
+            max_bytes: self.max_bytes,
         }
         .run()
         .await?;

@@ -200,7 +200,55 @@ async fn unreachable_server_gives_up() {
     let loader = Loader::new(cache.path()).unwrap();
     let r = PackageRef::parse(&format!("http://127.0.0.1:{port}/x.gvmi")).unwrap();
     let e = loader.fetch(&r).await.unwrap_err();
-    assert!(matches!(e, LoadError::GaveUp { .. }), "{e}");
+    // Five failures in a row without progress, as documented.
+    assert!(matches!(e, LoadError::GaveUp { attempts: 5, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn a_package_over_the_size_limit_is_refused_whether_announced_or_not() {
+    let (server, data) = serve_payload().await;
+    let cache = tempfile::tempdir().unwrap();
+    let loader = Loader::new(cache.path())
+        .unwrap()
+        .with_max_package_bytes(1 << 20);
+    let e = loader
+        .fetch(&pinned(&server, "/img.gvmi", &sha3_hex(&data)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, LoadError::TooLarge { limit, .. } if limit == 1 << 20),
+        "{e}"
+    );
+    assert_eq!(server.stats("/img.gvmi").requests, 1);
+    assert!(files_in(&cache.path().join("partial")).is_empty());
+    assert!(files_in(&cache.path().join("images")).is_empty());
+
+    // A server that announces no length and never stops.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+                if conn.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = vec![0u8; 64 * 1024];
+                while conn.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let endless = PackageRef::parse(&format!(
+        "hash:sha3:{}:http://{addr}/endless.gvmi",
+        sha3_hex(b"x")
+    ))
+    .unwrap();
+    let e = loader.fetch(&endless).await.unwrap_err();
+    assert!(matches!(e, LoadError::TooLarge { .. }), "{e}");
+    assert!(files_in(&cache.path().join("partial")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

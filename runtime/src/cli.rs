@@ -48,6 +48,16 @@ pub struct Cli {
     /// Where downloaded packages are cached (default: $XDG_CACHE_HOME/ya-runtime-vm).
     #[arg(long, global = true, env = image_loader::cache::CACHE_DIR_ENV)]
     pub cache_dir: Option<PathBuf>,
+    /// Largest package `deploy` downloads, in GiB; a server that announces or sends more is
+    /// refused.
+    #[arg(
+        long,
+        global = true,
+        env = "YA_RUNTIME_VM_MAX_PACKAGE_GIB",
+        default_value_t = 32.0,
+        allow_negative_numbers = true
+    )]
+    pub max_package_gib: f64,
     /// Accelerator: auto (KVM where it works, else TCG), kvm, or tcg.
     #[arg(
         long,

@@ -25,12 +25,23 @@ pub struct DeployRequest {
     pub package: String,
     /// The package cache root.
     pub cache_dir: PathBuf,
+    /// Largest package downloaded.
+    pub max_package_bytes: u64,
     /// Granted resources.
     pub resources: Resources,
     /// The VM's hostname.
     pub hostname: String,
     /// The exe-unit's `--volume-override`, parsed (empty: the image's volumes as they are).
     pub volume_override: BTreeMap<String, Mount>,
+}
+
+/// `--max-package-gib` in bytes: positive and finite.
+pub fn max_package_bytes(gib: f64) -> anyhow::Result<u64> {
+    if !(gib.is_finite() && gib > 0.0) {
+        bail!("--max-package-gib must be a positive number of GiB, got {gib}");
+    }
+    // A float-to-int cast saturates: a huge limit is no limit, never a wrap.
+    Ok((gib * f64::from(1u32 << 30)) as u64)
 }
 
 /// What the image's volumes, the volume override and the storage grant make of the VM's file
@@ -201,7 +212,7 @@ pub async fn deploy(req: &DeployRequest) -> anyhow::Result<DeployResult> {
     validate_resources(&req.resources)?;
     validate_hostname(&req.hostname)?;
     let package = PackageRef::parse(&req.package)?;
-    let loader = Loader::new(&req.cache_dir)?;
+    let loader = Loader::new(&req.cache_dir)?.with_max_package_bytes(req.max_package_bytes);
     let local = loader.fetch(&package).await?;
     let path = local.path.clone();
     let image = tokio::task::spawn_blocking(move || read_gvmi(&path))

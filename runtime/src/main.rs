@@ -88,6 +88,7 @@ fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
             None => image_loader::Cache::default_root()
                 .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?,
         },
+        max_package_bytes: deploy::max_package_bytes(cli.max_package_gib)?,
         resources: Resources {
             cpu_cores: cli.cpu_cores,
             mem_gib: cli.mem_gib,

@@ -84,6 +84,7 @@ pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
             .to_string_lossy()
             .into_owned(),
         cache_dir: scratch.path().join("cache"),
+        max_package_bytes: image_loader::loader::DEFAULT_MAX_PACKAGE_BYTES,
         resources: Resources {
             cpu_cores: 1,
             mem_gib: 0.25,

@@ -262,6 +262,11 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
         ),
         (
             good.display().to_string(),
+            vec!["--max-package-gib", "0"],
+            "--max-package-gib must be a positive number of GiB, got 0",
+        ),
+        (
+            good.display().to_string(),
             vec!["--volume-override", r#"{"/s":{"storage":{"size":"1GiB"}}}"#],
             "the storage volumes take 1.0 GiB of the 256.0 MiB that --storage-gib grants",
         ),
