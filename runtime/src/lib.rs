@@ -20,6 +20,7 @@ pub mod scratch_disk;
 pub mod self_test;
 pub mod signals;
 pub mod start;
+pub mod virtiofsd;
 pub mod vm;
 pub mod volume_override;
 pub mod volumes;

@@ -23,6 +23,7 @@ use crate::kernel_vsock::{self, KernelVsock};
 use crate::runtime_dir::RuntimeDir;
 use crate::scratch;
 use crate::scratch_disk::{create_disks, root_param, storage_serial};
+use crate::virtiofsd;
 
 /// How long the guest may take from QEMU's start to the agent answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -33,9 +34,6 @@ const POWER_OFF_TIMEOUT: Duration = Duration::from_secs(4);
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long a helper gets to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
-/// virtiofsd's sandboxes, strongest first: mount/pid/net namespaces (root or unprivileged user
-/// namespaces), then chroot (root only), then none. Each VM uses the first that starts.
-const SANDBOXES: [&str; 3] = ["namespace", "chroot", "none"];
 
 /// What to boot with.
 #[derive(Debug, Clone)]
@@ -281,39 +279,17 @@ impl RunningVm {
         let mut shares = Vec::new();
         if !d.volumes.is_empty() {
             let fsd = find_tool("virtiofsd", &opts.runtime_dir.dir)?;
-            let mut sandboxes = &SANDBOXES[..];
+            let (sandbox, why) = virtiofsd::Sandbox::probe(&fsd);
+            if sandbox == virtiofsd::Sandbox::Namespace {
+                tracing::debug!("virtiofsd sandbox: {}", sandbox.name());
+            } else {
+                tracing::warn!("{why}");
+            }
             for (i, v) in d.volumes.iter().enumerate() {
                 let sock = rd.join(format!("fs{i}.sock"));
-                let dir = workdir.join(&v.name);
+                let mut cmd = virtiofsd::command(&fsd, &sock, &workdir.join(&v.name), sandbox)?;
                 let log = rd.join(format!("virtiofsd{i}.log"));
-                let child = loop {
-                    let sandbox = sandboxes[0];
-                    let started = start_helper(
-                        "virtiofsd",
-                        Command::new(&fsd)
-                            .arg(format!("--socket-path={}", sock.display()))
-                            .arg(format!("--shared-dir={}", dir.display()))
-                            .args(["--sandbox", sandbox, "--cache", "auto"]),
-                        &sock,
-                        &log,
-                    )
-                    .await;
-                    match started {
-                        Ok(child) => break child,
-                        // This host does not allow that sandbox: the next, weaker one.
-                        Err(e) if sandboxes.len() > 1 => {
-                            tracing::debug!("virtiofsd --sandbox {sandbox}: {e:#}");
-                            sandboxes = &sandboxes[1..];
-                            if sandboxes.len() == 1 {
-                                tracing::warn!(
-                                    "virtiofsd cannot sandbox itself here (no user namespaces, \
-                                     not root): volumes are served without a sandbox"
-                                );
-                            }
-                        }
-                        Err(e) => return Err(e),
-                    }
-                };
+                let child = start_helper("virtiofsd", &mut cmd, &sock, &log).await?;
                 helpers.push(("virtiofsd", child));
                 shares.push(FsShare {
                     socket: sock,

@@ -383,3 +383,50 @@ async fn a_volume_path_through_an_image_symlink_stays_inside_the_image() {
     assert_eq!(rt.stopped().await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_device_node_setuid_file_or_foreign_owner_reaches_the_host_through_a_volume() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let script = format!(
+        "cd /golem/output; \
+         mknod null c 1 3 2>/dev/null; echo mknod-c $?; \
+         mknod blk b 7 0 2>/dev/null; echo mknod-b $?; \
+         echo x > suid; chmod 4755 suid 2>/dev/null; echo chmod-u $?; \
+         chmod 2755 suid 2>/dev/null; echo chmod-g $?; \
+         {tool} create created 6755 >/dev/null 2>&1; echo create $?; \
+         mkdir -m 2775 dir; chown 1234:5678 dir; \
+         echo y > owned; chown 1234:5678 owned; echo chown $?; \
+         mkfifo fifo; echo fifo $?; \
+         stat -c '%a %u' suid owned"
+    );
+    let pid = rt.run_process(sh(&script)).await.unwrap().pid;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    // The guest sees each refusal; chown is accepted (and squashed on the host).
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "mknod-c 1\nmknod-b 1\nchmod-u 1\nchmod-g 1\ncreate 1\nchown 0\nfifo 0\n644 0\n644 0\n"
+    );
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let vol = activity.volume("/golem/output");
+    let mut seen = Vec::new();
+    for e in std::fs::read_dir(&vol).unwrap().flatten() {
+        let m = e.metadata().unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !m.file_type().is_char_device() && !m.file_type().is_block_device(),
+            "{name} is a device node"
+        );
+        assert_eq!(m.mode() & 0o6000, 0, "{name} has mode {:o}", m.mode());
+        assert_eq!((m.uid(), m.gid()), (uid, gid), "{name}'s owner");
+        seen.push(name);
+    }
+    seen.sort();
+    assert_eq!(seen, ["dir", "fifo", "owned", "suid"]);
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}

@@ -15,6 +15,8 @@
 //!   started).
 //! - `hostile fork-bomb SECONDS` — a classic fork bomb that stops forking after SECONDS.
 //! - `hostile cpu-hog SECONDS N` — N processes spinning for SECONDS.
+//! - `hostile create PATH MODE` — creates PATH with `open(O_CREAT | O_EXCL, MODE)` (octal), the
+//!   way a program makes a setuid file in one call.
 //!
 //! Background processes (the tracer, the bomb, the hogs) detach from the command's pipes and
 //! session, so the command itself exits right away.
@@ -41,10 +43,11 @@ fn main() {
         ["steal-conn", mode] => steal_conn(mode),
         ["fork-bomb", secs] => number(secs).and_then(fork_bomb),
         ["cpu-hog", secs, n] => number(secs).and_then(|s| cpu_hog(s, number(n)?)),
+        ["create", path, mode] => create(path, mode),
         _ => {
             eprintln!(
                 "usage: hostile console-flood BYTES | stop-init | steal-conn MODE \
-                 | fork-bomb SECONDS | cpu-hog SECONDS N"
+                 | fork-bomb SECONDS | cpu-hog SECONDS N | create PATH MODE"
             );
             std::process::exit(2);
         }
@@ -56,6 +59,20 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Creates `path` with `open(O_CREAT | O_EXCL | O_WRONLY, mode)`; the mode as it landed.
+fn create(path: &str, mode: &str) -> Result<String> {
+    let mode = u32::from_str_radix(mode, 8).map_err(|_| format!("not an octal mode: {mode:?}"))?;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("create {path}: {e}"))?;
+    let m = f.metadata().map_err(|e| format!("stat {path}: {e}"))?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(format!("created {:o}", m.mode() & 0o7777))
 }
 
 fn number(s: &str) -> Result<u64> {
