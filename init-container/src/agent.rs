@@ -24,6 +24,7 @@ use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, Vsock
 use nix::unistd::Pid;
 
 use crate::error::{Context, InitError, Result};
+use crate::limits::Limits;
 use crate::log;
 use crate::process::{self, pending_bytes, Proc, MAX_STDIN_BUFFER};
 
@@ -68,6 +69,8 @@ pub struct Agent {
     root: PathBuf,
     /// The host's vsock port to connect to.
     port: u32,
+    /// The cgroup requestor processes join.
+    limits: Limits,
 }
 
 fn read_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
@@ -99,9 +102,10 @@ fn error_response(e: &InitError) -> response::Body {
 
 impl Agent {
     /// An agent that will connect to the host's vsock `port` (normally [`agent_protocol::AGENT_PORT`]).
-    pub fn new(sigfd: SignalFd, root: PathBuf, port: u32) -> Self {
+    pub fn new(sigfd: SignalFd, root: PathBuf, port: u32, limits: Limits) -> Self {
         Self {
             port,
+            limits,
             sigfd,
             conn: None,
             next_connect: Instant::now(),
@@ -348,14 +352,16 @@ impl Agent {
             request::Body::Hello(_) => response::Body::Hello(Hello {
                 version: agent_protocol::VERSION as u32,
             }),
-            request::Body::Run(req) => match process::spawn(&self.root, &req) {
-                Ok(p) => {
-                    let pid = p.pid;
-                    self.procs.insert(pid, p);
-                    response::Body::Started(Started { pid: pid as u64 })
+            request::Body::Run(req) => {
+                match process::spawn(&self.root, &req, self.limits.procs_fd()) {
+                    Ok(p) => {
+                        let pid = p.pid;
+                        self.procs.insert(pid, p);
+                        response::Body::Started(Started { pid: pid as u64 })
+                    }
+                    Err(e) => error_response(&e),
                 }
-                Err(e) => error_response(&e),
-            },
+            }
             request::Body::Kill(k) => {
                 let running = i32::try_from(k.pid)
                     .ok()

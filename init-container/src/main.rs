@@ -12,6 +12,7 @@ mod boot;
 mod console;
 mod error;
 mod in_root;
+mod limits;
 mod modules;
 mod process;
 mod spawn;
@@ -67,7 +68,8 @@ fn main() {
     if let Err(e) = boot::boot() {
         power_off(&format!("fatal: boot: {e}"));
     }
-    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT), boot::agent_port());
+    let limits = limits::Limits::setup();
+    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT), boot::agent_port(), limits);
     if let Err(e) = agent.run() {
         power_off(&format!("fatal: agent: {e}"));
     }

@@ -64,7 +64,8 @@ pub fn set_nonblocking(fd: RawFd) -> Result<()> {
 }
 
 /// Starts `req` chrooted into `root`, as the requested user, with exactly the given environment.
-pub fn spawn(root: &Path, req: &RunProcess) -> Result<Proc> {
+/// `cgroup_procs` is the cgroup it joins (see [`crate::limits`]).
+pub fn spawn(root: &Path, req: &RunProcess, cgroup_procs: Option<RawFd>) -> Result<Proc> {
     if req.path.is_empty() {
         return Err(InitError::invalid("the program path is empty"));
     }
@@ -129,6 +130,7 @@ pub fn spawn(root: &Path, req: &RunProcess) -> Result<Proc> {
         groups: id.groups.clone(),
         gid: id.gid,
         uid: id.uid,
+        cgroup_procs: cgroup_procs.unwrap_or(-1),
     };
     let pid = match spawn::spawn(&plan) {
         Ok(pid) => pid,

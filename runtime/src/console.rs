@@ -62,6 +62,7 @@ impl ConsoleState {
         if line.is_empty() {
             return;
         }
+        tracing::trace!("guest console: {line}");
         if self.panic.is_none() && line.contains(PANIC) {
             // The message without the kernel's timestamp.
             let msg = line.split_once("] ").map_or(line.as_str(), |(_, m)| m);

@@ -430,3 +430,83 @@ async fn no_device_node_setuid_file_or_foreign_owner_reaches_the_host_through_a_
     assert_eq!(rt.stopped().await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
+
+/// Runs `/bin/true`: how long the agent took to answer, and whether it started (a full process
+/// table may refuse the start with EAGAIN). Its end is collected but not timed: under a fork bomb
+/// it gets its share of the CPU like any other process of the requestor's.
+async fn start_true(
+    rt: &impl RuntimeService,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<ya_runtime_api::server::ProcessStatus>,
+) -> (Duration, bool) {
+    let asked = Instant::now();
+    let started = tokio::time::timeout(
+        Duration::from_secs(30),
+        rt.run_process(run("/bin/true", &["true"])),
+    )
+    .await
+    .expect("the agent answers");
+    let answered = asked.elapsed();
+    match started {
+        Ok(p) => {
+            let (_, _, code) = finish(events, p.pid).await;
+            (answered, code == 0)
+        }
+        Err(e) => {
+            assert!(
+                e.message.contains("Resource temporarily unavailable"),
+                "{e:?}"
+            );
+            (answered, false)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_keeps_answering_under_a_cpu_hog_and_a_fork_bomb() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let sh_out = |script: String| sh(&script);
+    // The requestor's processes run at nice 0 in their own cgroup; the init at -20.
+    let pid = rt
+        .run_process(sh(
+            "cut -d' ' -f19 /proc/self/stat /proc/1/stat; cat /proc/self/cgroup",
+        ))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"0\n-20\n0::/requestor\n");
+    let pid = rt
+        .run_process(sh_out(format!("{tool} cpu-hog 8 8")))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"hogging\n");
+    for _ in 0..3 {
+        let (took, ran) = start_true(&rt, &mut events).await;
+        assert!(ran && took < Duration::from_secs(5), "{took:?} {ran}");
+    }
+    let bombed = Instant::now();
+    let pid = rt
+        .run_process(sh_out(format!("{tool} fork-bomb 15")))
+        .await
+        .unwrap()
+        .pid;
+    assert_eq!(finish(&mut events, pid).await.0, b"bombing\n");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for _ in 0..3 {
+        let (took, _) = start_true(&rt, &mut events).await;
+        eprintln!("answered in {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "the agent took {took:?} under a fork bomb"
+        );
+    }
+    // Once the bomb is over, everything works again.
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(bombed.elapsed())).await;
+    let (_, ran) = start_true(&rt, &mut events).await;
+    assert!(ran);
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
