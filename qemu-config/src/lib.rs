@@ -55,8 +55,8 @@ pub enum DiskAccess {
     ReadOnly,
     /// Read-write, for the life of the VM only: a scratch disk deleted when the VM ends. Guest
     /// flushes are not passed to the host disk (nothing on it must survive a host crash); the
-    /// guest's discards punch holes in the file; a host write error (the host disk is full)
-    /// reaches the guest as an I/O error instead of pausing the VM.
+    /// guest's discards are not passed either (the file's space stays reserved for the VM); a
+    /// host write error reaches the guest as an I/O error instead of pausing the VM.
     Scratch,
 }
 

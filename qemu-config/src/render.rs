@@ -139,9 +139,7 @@ impl VmConfig {
         for (i, d) in self.disks.iter().enumerate() {
             let access = match d.access {
                 DiskAccess::ReadOnly => ",readonly=on",
-                DiskAccess::Scratch => {
-                    ",cache.no-flush=on,discard=unmap,werror=report,rerror=report"
-                }
+                DiskAccess::Scratch => ",cache.no-flush=on,werror=report,rerror=report",
             };
             push(&[
                 "-drive",
@@ -268,7 +266,7 @@ mod tests {
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-device,free-page-reporting=on -serial none \
              -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
-             -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,discard=unmap,werror=report,rerror=report \
+             -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,werror=report,rerror=report \
              -device virtio-blk-device,drive=disk0,serial=image \
              -device vhost-vsock-device,guest-cid=7 \
              -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0"

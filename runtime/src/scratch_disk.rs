@@ -1,7 +1,14 @@
 //! Scratch disks: the files behind the root's writable layer and `storage` volumes. Each is a
 //! nameless file in the workdir (`O_TMPFILE`, or created and unlinked at once where the file
-//! system lacks it), sparse except for the part asked to be preallocated, and formatted ext4 on
-//! the host by `mke2fs` before QEMU gets it as an inherited descriptor (`/dev/fd/N`).
+//! system lacks it), formatted ext4 on the host by `mke2fs` and then reserved in full on the
+//! host disk (`fallocate`) before QEMU gets it as an inherited descriptor (`/dev/fd/N`).
+//!
+//! Reserved, not sparse: a guest that fills a sparse disk while the host's file system is full
+//! gets I/O errors on writeback, its ext4 aborts the journal, and a writer with dirty pages then
+//! waits in the kernel's dirty-page throttling for as long as the VM lives. With the space
+//! reserved, a full disk is the guest's own ENOSPC, which every program handles; a host without
+//! the space refuses the activity at start, in one line. The guest's discards are not passed to
+//! the host, so the reservation holds for the VM's life.
 //!
 //! Having no name, a disk cannot outlive the VM: its space returns to the host when the last
 //! descriptor closes, which happens whatever ends the runtime, SIGKILL included.
@@ -57,9 +64,22 @@ pub enum DiskError {
         /// The error.
         source: std::io::Error,
     },
-    /// The space to preallocate is not there.
-    #[error("cannot preallocate {bytes} bytes in {dir}: {source}")]
-    Preallocate {
+    /// The host's file system does not have the space to reserve.
+    #[error(
+        "the workdir's file system ({dir}) has {free} bytes free; the activity's scratch disks \
+         need {needed} (--storage-gib)"
+    )]
+    NoSpace {
+        /// The directory.
+        dir: PathBuf,
+        /// Bytes free there.
+        free: u64,
+        /// Bytes the disks need.
+        needed: u64,
+    },
+    /// Reserving the space failed otherwise.
+    #[error("cannot reserve {bytes} bytes in {dir}: {source}")]
+    Reserve {
         /// The directory.
         dir: PathBuf,
         /// Bytes asked for.
@@ -97,10 +117,9 @@ fn block_aligned(size: u64) -> u64 {
 }
 
 impl ScratchDisk {
-    /// Creates a disk of `size` bytes in `dir` with the first `preallocate` bytes allocated on
-    /// the host disk, formatted ext4 by `mkfs` (from [`find_mkfs`]) with an empty root directory
-    /// owned by root.
-    pub fn create(dir: &Path, size: u64, preallocate: u64, mkfs: &Path) -> Result<Self, DiskError> {
+    /// Creates a disk of `size` bytes in `dir`, formatted ext4 by `mkfs` (from [`find_mkfs`])
+    /// with an empty root directory owned by root, and reserved in full on the host disk.
+    pub fn create(dir: &Path, size: u64, mkfs: &Path) -> Result<Self, DiskError> {
         if size < MIN_DISK_BYTES {
             return Err(DiskError::TooSmall(size));
         }
@@ -115,19 +134,30 @@ impl ScratchDisk {
         format(&file, mkfs)?;
         // After mkfs, whose discard pass would punch the allocation out again; mode 0 only
         // allocates what is not allocated yet and keeps the data.
-        let bytes = preallocate.min(size);
-        if bytes > 0 {
-            nix::fcntl::fallocate(
-                &file,
-                nix::fcntl::FallocateFlags::empty(),
-                0,
-                bytes as libc::off_t,
-            )
-            .map_err(|source| DiskError::Preallocate {
-                dir: dir.to_path_buf(),
-                bytes,
-                source,
-            })?;
+        let len = libc::off_t::try_from(size).map_err(|_| DiskError::TooSmall(size))?;
+        match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::ENOSPC) => {
+                return Err(DiskError::NoSpace {
+                    dir: dir.to_path_buf(),
+                    free: free_bytes(dir),
+                    needed: size,
+                })
+            }
+            Err(e @ (nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS)) => {
+                tracing::warn!(
+                    "{} cannot reserve space ({e}): the guest gets I/O errors if the host's \
+                     file system fills up before its disk does",
+                    dir.display()
+                );
+            }
+            Err(source) => {
+                return Err(DiskError::Reserve {
+                    dir: dir.to_path_buf(),
+                    bytes: size,
+                    source,
+                })
+            }
         }
         Ok(Self { file })
     }
@@ -141,6 +171,13 @@ impl ScratchDisk {
     pub fn qemu_path(&self) -> PathBuf {
         PathBuf::from(format!("/dev/fd/{}", self.fd()))
     }
+}
+
+/// Bytes free for this user in the file system of `dir` (0 when unknown).
+fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|st| st.blocks_available().saturating_mul(st.fragment_size()))
+        .unwrap_or(0)
 }
 
 /// Runs `mkfs` on `file`, which it inherits as `/dev/fd/N`.
@@ -204,25 +241,29 @@ pub async fn create_disks(
     let dir = workdir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mkfs = find_mkfs()?;
-        let total: u64 = specs.iter().map(|(_, s)| s.size).sum();
-        if let Ok(st) = nix::sys::statvfs::statvfs(&dir) {
-            let free = st.blocks_available().saturating_mul(st.fragment_size());
-            if free < total {
-                tracing::warn!(
-                    "{} has {free} bytes free, less than the {total} bytes of scratch disks this \
-                     VM may fill: writes past that get I/O errors in the guest",
-                    dir.display()
-                );
+        let needed = specs.iter().fold(0u64, |sum, (_, s)| {
+            sum.saturating_add(block_aligned(s.size))
+        });
+        let mut disks = Vec::with_capacity(specs.len());
+        for (serial, s) in specs {
+            match ScratchDisk::create(&dir, s.size, &mkfs) {
+                Ok(disk) => disks.push((serial, disk)),
+                // Name the whole need, not the one disk that did not fit after the others.
+                Err(DiskError::NoSpace { dir, .. }) => {
+                    drop(disks);
+                    return Err(DiskError::NoSpace {
+                        free: free_bytes(&dir),
+                        dir,
+                        needed,
+                    }
+                    .into());
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("scratch disk {serial}")))
+                }
             }
         }
-        specs
-            .into_iter()
-            .map(|(serial, s)| {
-                let disk = ScratchDisk::create(&dir, s.size, s.preallocate, &mkfs)
-                    .with_context(|| format!("scratch disk {serial}"))?;
-                Ok((serial, disk))
-            })
-            .collect()
+        Ok(disks)
     })
     .await
     .context("the disk-creating task failed")?
@@ -285,22 +326,24 @@ mod tests {
     #[test]
     fn refuses_tiny_disks() {
         let dir = tempfile::tempdir().unwrap();
-        let err =
-            ScratchDisk::create(dir.path(), 8 << 20, 0, Path::new("/nonexistent")).unwrap_err();
+        let err = ScratchDisk::create(dir.path(), 8 << 20, Path::new("/nonexistent")).unwrap_err();
         assert!(matches!(err, DiskError::TooSmall(_)), "{err}");
     }
 
     #[test]
-    fn a_disk_is_sparse_nameless_and_ext4() {
+    fn a_disk_is_reserved_nameless_and_ext4() {
         let Some(mkfs) = mkfs() else {
             panic!("mke2fs is needed for this test (scripts/setup.sh installs e2fsprogs)");
         };
         let dir = tempfile::tempdir().unwrap();
-        let disk = ScratchDisk::create(dir.path(), 512 << 20, 0, &mkfs).unwrap();
+        let disk = ScratchDisk::create(dir.path(), 512 << 20, &mkfs).unwrap();
         assert_eq!(disk.file.metadata().unwrap().len(), 512 << 20);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let used = allocated(&disk);
-        assert!(used < 8 << 20, "a fresh 512 MiB disk takes {used} bytes");
+        assert!(
+            used >= 512 << 20,
+            "a 512 MiB disk reserves only {used} bytes"
+        );
         // The ext4 superblock: magic at 1024 + 0x38, s_feature_compat (bit 2: a journal) at
         // 1024 + 0x5c.
         let mut sb = [0u8; 0x60];
@@ -310,20 +353,9 @@ mod tests {
     }
 
     #[test]
-    fn preallocation_survives_formatting() {
-        let mkfs = mkfs().expect("mke2fs (scripts/setup.sh installs e2fsprogs)");
-        let dir = tempfile::tempdir().unwrap();
-        let disk = ScratchDisk::create(dir.path(), 64 << 20, 32 << 20, &mkfs).unwrap();
-        let used = allocated(&disk);
-        assert!(used >= 32 << 20, "only {used} bytes allocated");
-        assert!(used < 40 << 20, "{used} bytes allocated");
-    }
-
-    #[test]
     fn a_failing_mkfs_is_reported_in_one_line() {
         let dir = tempfile::tempdir().unwrap();
-        let err =
-            ScratchDisk::create(dir.path(), 16 << 20, 0, Path::new("/bin/false")).unwrap_err();
+        let err = ScratchDisk::create(dir.path(), 16 << 20, Path::new("/bin/false")).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("mke2fs failed:"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");

@@ -510,3 +510,101 @@ async fn the_agent_keeps_answering_under_a_cpu_hog_and_a_fork_bomb() {
     assert_eq!(rt.stopped().await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
+
+/// A small tmpfs for an activity's directory (the tests run as root, as the suite does).
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs (the suite runs as root)");
+        Self(dir)
+    }
+
+    /// Writes a file until the file system is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.path().join("filler")).unwrap();
+        let chunk = vec![1u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_the_space_refuses_the_activity_in_one_line() {
+    let fs = SmallFs::mount("96m");
+    let activity = Activity::deploy_in(
+        tempfile::tempdir_in(fs.0.path()).unwrap(),
+        &test_harness::sample_image(),
+        &["--storage-gib", "1"],
+    )
+    .await;
+    let out = activity
+        .command()
+        .arg("start")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ya-runtime-vm: ")
+            && last.contains("bytes free; the activity's scratch disks need 1073741824"),
+        "{err}"
+    );
+    assert!(activity.leftovers().await.is_empty());
+    assert!(activity.workdir_extras().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_host_disk_leaves_the_guest_its_reserved_space_and_enospc_past_it() {
+    let fs = SmallFs::mount("160m");
+    let activity = Activity::deploy_in(
+        tempfile::tempdir_in(fs.0.path()).unwrap(),
+        &test_harness::sample_image(),
+        &["--storage-gib", "0.0625", "--mem-gib", "1"],
+    )
+    .await;
+    let (rt, mut events) = activity.start().await;
+    // Everything else on the host's file system fills it up.
+    fs.fill();
+    let asked = Instant::now();
+    let pid = rt
+        .run_process(sh(
+            "dd if=/dev/zero of=/root/big bs=1M count=200 conv=fsync 2>&1; \
+             rm /root/big; echo after > /root/small && cat /root/small",
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let (out, _, code) = finish(&mut events, pid).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        asked.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    assert!(out.ends_with("after\n"), "{out}");
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+    drop(activity);
+}
