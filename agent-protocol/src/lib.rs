@@ -10,7 +10,11 @@
 //! Both sides decode with [`FrameDecoder`], which treats its input as hostile: it checks the
 //! header before buffering a payload, never holds more than [`MAX_PAYLOAD`] bytes of one, and
 //! reports every problem as a typed [`DecodeError`].
+//!
+//! [`boot`] is the rest of the contract between the two sides: the device serials and tags and
+//! the `yarv.*` kernel parameters the host sets and the guest reads.
 
+pub mod boot;
 pub mod frame;
 pub mod messages;
 

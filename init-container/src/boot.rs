@@ -15,6 +15,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{fchmod, Mode};
 use nix::unistd::{chown, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use agent_protocol::boot::{BootParams, Ext4Errors, RootLayer, IMAGE_SERIAL, ROOT_SERIAL};
+
 use crate::error::{Context, InitError, Result};
 use crate::in_root;
 use crate::log;
@@ -25,10 +27,6 @@ const IMAGE_MNT: &str = "/mnt/image";
 const RW_MNT: &str = "/mnt/rw";
 /// The merged root processes run in.
 pub const ROOT: &str = "/mnt/root";
-/// The virtio serial number the host gives the image disk.
-pub const IMAGE_SERIAL: &str = "image";
-/// The virtio serial of the disk for the root's writable layer (`yarv.root=disk`).
-pub const ROOT_SERIAL: &str = "root";
 /// How long to wait for a disk to appear.
 const DISK_WAIT: Duration = Duration::from_secs(10);
 
@@ -112,58 +110,37 @@ pub fn find_disk(serial: &str) -> Result<PathBuf> {
     }
 }
 
-/// Where the root's writable layer lives (`yarv.root=` on the kernel command line).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpperLayer {
-    /// `yarv.root=disk[:<errors>]`: the ext4 file system on the disk with serial
-    /// [`ROOT_SERIAL`], with ext4's `errors=` behaviour (`remount-ro` when not given).
-    Disk(String),
-    /// `yarv.root=ram:<bytes>`: a tmpfs of that size; absent: a tmpfs of the kernel's default
-    /// size (half the RAM), for guests booted without the runtime.
-    Ram(Option<u64>),
+/// The mount options of an ext4 file system the host formatted for this VM: `errors=` as asked
+/// (the kernel's default, `remount-ro`, when not). No `discard`: the host keeps the disk's
+/// space reserved and ignores discards.
+fn ext4_options(errors: Option<Ext4Errors>) -> String {
+    errors.map_or_else(String::new, |e| format!("errors={}", e.as_str()))
 }
 
-/// The writable layer a command line asks for; a value that does not parse is an error, not a
-/// silent fallback to RAM.
-fn upper_layer_in(cmdline: &str) -> Result<UpperLayer> {
-    match cmdline_param(cmdline, "yarv.root") {
-        None => Ok(UpperLayer::Ram(None)),
-        Some("disk") => Ok(UpperLayer::Disk("remount-ro".into())),
-        Some(v) if v.starts_with("disk:") => {
-            let errors = &v["disk:".len()..];
-            ext4_options(errors)?;
-            Ok(UpperLayer::Disk(errors.to_string()))
-        }
-        Some(v) => match v.strip_prefix("ram:").map(str::parse::<u64>) {
-            Some(Ok(size)) if size > 0 => Ok(UpperLayer::Ram(Some(size))),
-            _ => Err(InitError::invalid(format!(
-                "yarv.root={v:?} is neither \"disk[:<errors>]\" nor \"ram:<bytes>\""
-            ))),
-        },
+/// The `errors=` behaviour a `MountDisk` request names (empty: the default).
+fn ext4_errors(errors: &str) -> Result<Option<Ext4Errors>> {
+    if errors.is_empty() {
+        return Ok(None);
     }
-}
-
-/// The mount options of an ext4 file system the host formatted for this VM: freed blocks go
-/// back to the host (`discard`), and `errors` as asked.
-fn ext4_options(errors: &str) -> Result<String> {
-    match errors {
-        "" => Ok("discard".into()),
-        "continue" | "remount-ro" | "panic" => Ok(format!("discard,errors={errors}")),
-        other => Err(InitError::invalid(format!(
-            "errors={other:?} is not continue, remount-ro or panic"
-        ))),
-    }
+    Ext4Errors::parse(errors).map(Some).ok_or_else(|| {
+        InitError::invalid(format!(
+            "errors={errors:?} is not continue, remount-ro or panic"
+        ))
+    })
 }
 
 /// Mounts the image read-only with a writable upper layer at [`ROOT`]. The upper layer's root
 /// takes the mode and owner of the image's root, so the merged root looks like the image's.
-pub fn overlay_root(disk: &Path, upper_layer: UpperLayer) -> Result<()> {
+///
+/// `upper_layer`: the root's writable layer as the host set it (`None`: a tmpfs of the kernel's
+/// default size, for guests booted without the runtime).
+pub fn overlay_root(disk: &Path, upper_layer: Option<RootLayer>) -> Result<()> {
     let disk_s = disk.to_string_lossy();
     mount_fs(&disk_s, IMAGE_MNT, "squashfs", MsFlags::MS_RDONLY, None)?;
     match upper_layer {
-        UpperLayer::Disk(errors) => {
+        Some(RootLayer::Disk(errors)) => {
             let dev = find_disk(ROOT_SERIAL)?;
-            let opts = ext4_options(&errors)?;
+            let opts = ext4_options(errors);
             mount_fs(
                 &dev.to_string_lossy(),
                 RW_MNT,
@@ -172,13 +149,17 @@ pub fn overlay_root(disk: &Path, upper_layer: UpperLayer) -> Result<()> {
                 Some(&opts),
             )?;
         }
-        UpperLayer::Ram(size) => {
-            let opts = match size {
-                Some(n) => format!("mode=0755,size={n}"),
-                None => "mode=0755".into(),
-            };
+        Some(RootLayer::Ram(size)) => {
+            let opts = format!("mode=0755,size={size}");
             mount_fs("tmpfs", RW_MNT, "tmpfs", MsFlags::empty(), Some(&opts))?;
         }
+        None => mount_fs(
+            "tmpfs",
+            RW_MNT,
+            "tmpfs",
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )?,
     }
     let upper = format!("{RW_MNT}/upper");
     let work = format!("{RW_MNT}/work");
@@ -305,7 +286,7 @@ pub fn mount_ram(path: &str, size: u64) -> Result<()> {
 /// Like a `ram` volume its top directory is mode 1777 and empty: the `lost+found` the host's
 /// mkfs made is removed.
 pub fn mount_disk(serial: &str, path: &str, errors: &str) -> Result<()> {
-    let opts = ext4_options(errors)?;
+    let opts = ext4_options(ext4_errors(errors)?);
     if serial == IMAGE_SERIAL || serial == ROOT_SERIAL {
         return Err(InitError::invalid(format!(
             "disk {serial:?} is not a storage volume"
@@ -343,39 +324,12 @@ pub fn checked_relative(path: &str) -> Result<&str> {
     Ok(path.trim_start_matches('/'))
 }
 
-/// The value of `key=` on a kernel command line (the last one wins, as in the kernel).
-fn cmdline_param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .next_back()
-}
-
 fn kernel_cmdline() -> String {
     fs::read_to_string("/proc/cmdline").unwrap_or_default()
 }
 
-/// The hostname from `yarv.hostname=` (1 to 64 bytes), else `golem`.
-fn hostname_in(cmdline: &str) -> String {
-    cmdline_param(cmdline, "yarv.hostname")
-        .filter(|h| !h.is_empty() && h.len() <= 64)
-        .unwrap_or("golem")
-        .to_string()
-}
-
-/// The host's vsock port for the agent from `yarv.port=` (the kernel vhost-vsock path gives
-/// every VM its own), else [`agent_protocol::AGENT_PORT`].
-fn agent_port_in(cmdline: &str) -> u32 {
-    cmdline_param(cmdline, "yarv.port")
-        .and_then(|p| p.parse().ok())
-        .filter(|&p| p != 0 && p != u32::MAX)
-        .unwrap_or(agent_protocol::AGENT_PORT)
-}
-
-/// The agent's host port from this kernel's command line.
-pub fn agent_port() -> u32 {
-    agent_port_in(&kernel_cmdline())
-}
+/// The hostname a VM gets when the host names none.
+const DEFAULT_HOSTNAME: &str = "golem";
 
 /// `/etc/hosts` for a VM named `host`, as a container runtime writes it.
 fn hosts_file(host: &str) -> String {
@@ -418,20 +372,20 @@ fn write_identity_files(root: &Path, host: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs the whole boot sequence.
-pub fn boot() -> Result<()> {
+/// Runs the whole boot sequence; returns the host's vsock port for the agent.
+pub fn boot() -> Result<u32> {
     kernel_filesystems()?;
     let n = crate::modules::load_all(Path::new(crate::modules::MODULES_DIR))?;
     log!("loaded {n} modules");
-    let cmdline = kernel_cmdline();
-    let upper = upper_layer_in(&cmdline)?;
+    let params = BootParams::parse(&kernel_cmdline())
+        .map_err(|e| InitError::invalid(format!("kernel command line: {e}")))?;
     let disk = find_disk(IMAGE_SERIAL)?;
-    overlay_root(&disk, upper)?;
+    overlay_root(&disk, params.root)?;
     prepare_root()?;
-    let host = hostname_in(&cmdline);
-    nix::unistd::sethostname(&host).ctx(|| format!("sethostname {host}"))?;
-    write_identity_files(Path::new(ROOT), &host)?;
-    Ok(())
+    let host = params.hostname.as_deref().unwrap_or(DEFAULT_HOSTNAME);
+    nix::unistd::sethostname(host).ctx(|| format!("sethostname {host}"))?;
+    write_identity_files(Path::new(ROOT), host)?;
+    Ok(params.port.unwrap_or(agent_protocol::AGENT_PORT))
 }
 
 #[cfg(test)]
@@ -439,49 +393,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_parameters_from_the_kernel_command_line() {
-        let line = "console=ttyS0 quiet yarv.hostname=node-1 yarv.port=52000 yarv.portx=1";
-        assert_eq!(hostname_in(line), "node-1");
-        assert_eq!(agent_port_in(line), 52000);
-        assert_eq!(cmdline_param("a=1 a=2", "a"), Some("2"));
-        assert_eq!(cmdline_param("ab=1", "a"), None);
-    }
-
-    #[test]
-    fn reads_the_writable_layer_from_the_command_line() {
-        assert_eq!(upper_layer_in("quiet").unwrap(), UpperLayer::Ram(None));
-        assert_eq!(
-            upper_layer_in("yarv.root=disk quiet").unwrap(),
-            UpperLayer::Disk("remount-ro".into())
-        );
-        assert_eq!(
-            upper_layer_in("yarv.root=disk:panic").unwrap(),
-            UpperLayer::Disk("panic".into())
-        );
-        assert_eq!(
-            upper_layer_in("yarv.root=ram:1048576").unwrap(),
-            UpperLayer::Ram(Some(1 << 20))
-        );
-        for bad in [
-            "yarv.root=",
-            "yarv.root=ram:",
-            "yarv.root=ram:0",
-            "yarv.root=tmp",
-            "yarv.root=disk:ro",
-        ] {
-            assert!(upper_layer_in(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn ext4_options_take_only_known_error_behaviours() {
-        assert_eq!(ext4_options("").unwrap(), "discard");
+        assert_eq!(ext4_options(None), "");
         assert_eq!(
-            ext4_options("remount-ro").unwrap(),
-            "discard,errors=remount-ro"
+            ext4_options(ext4_errors("remount-ro").unwrap()),
+            "errors=remount-ro"
         );
-        assert!(ext4_options("continue,dax").is_err());
-        assert!(ext4_options("ro").is_err());
+        assert_eq!(ext4_errors("").unwrap(), None);
+        assert!(ext4_errors("continue,dax").is_err());
+        assert!(ext4_errors("ro").is_err());
     }
 
     #[test]
@@ -513,24 +433,5 @@ mod tests {
         fs::remove_file(etc.join("hostname")).unwrap();
         write_identity_files(root2.path(), "other").unwrap();
         assert!(!etc.join("hostname").exists());
-    }
-
-    #[test]
-    fn falls_back_on_missing_or_bad_values() {
-        assert_eq!(hostname_in("quiet"), "golem");
-        assert_eq!(hostname_in("yarv.hostname="), "golem");
-        assert_eq!(
-            hostname_in(&format!("yarv.hostname={}", "h".repeat(65))),
-            "golem"
-        );
-        assert_eq!(agent_port_in("quiet"), agent_protocol::AGENT_PORT);
-        for bad in [
-            "yarv.port=",
-            "yarv.port=x",
-            "yarv.port=0",
-            "yarv.port=4294967295",
-        ] {
-            assert_eq!(agent_port_in(bad), agent_protocol::AGENT_PORT, "{bad}");
-        }
     }
 }

@@ -1,7 +1,9 @@
 //! Keeping the agent in charge whatever the requestor's processes do: the init runs at the
 //! highest priority (nice -20; its children are put back to 0), and every process it starts
-//! goes into the cgroup `requestor`, whose `pids.max` bounds a fork bomb by the VM's memory. The
-//! agent then keeps answering (a run may fail with EAGAIN while the cgroup is full, a kill and a
+//! goes into the cgroup `requestor`, whose `pids.max` bounds a fork bomb by the VM's memory and
+//! whose CPU share, with the cpu controller, is that of one nice-0 task however many processes
+//! it holds (nice alone would give 800 spinning processes ten times the init's share). The agent
+//! then keeps answering (a run may fail with EAGAIN while the cgroup is full, a kill and a
 //! shutdown still work).
 
 use std::fs;
@@ -80,16 +82,18 @@ impl Limits {
 /// with its limit; returns its `cgroup.procs` and the limit.
 fn requestor_cgroup() -> Result<(OwnedFd, u64), String> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("cgroup2"),
-        CGROUP_ROOT,
-        Some("cgroup2"),
-        flags,
-        None::<&str>,
-    )
-    .map_err(|e| format!("mount cgroup2 on {CGROUP_ROOT}: {e}"))?;
-    fs::write(format!("{CGROUP_ROOT}/cgroup.subtree_control"), "+pids")
-        .map_err(|e| format!("enable the pids controller: {e}"))?;
+    // favordynmods: moving a process into a cgroup then skips an RCU grace period, which under
+    // a fork storm (and TCG) can take seconds per spawn.
+    let mount_cgroup2 =
+        |data: Option<&str>| mount(Some("cgroup2"), CGROUP_ROOT, Some("cgroup2"), flags, data);
+    mount_cgroup2(Some("favordynmods"))
+        .or_else(|_| mount_cgroup2(None))
+        .map_err(|e| format!("mount cgroup2 on {CGROUP_ROOT}: {e}"))?;
+    let control = format!("{CGROUP_ROOT}/cgroup.subtree_control");
+    fs::write(&control, "+pids").map_err(|e| format!("enable the pids controller: {e}"))?;
+    if let Err(e) = fs::write(&control, "+cpu") {
+        log!("no cpu controller for the requestor's processes: {e}");
+    }
     fs::create_dir_all(REQUESTOR).map_err(|e| format!("mkdir {REQUESTOR}: {e}"))?;
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let pids = pids_for(mem_total_kib(&meminfo).unwrap_or(0));

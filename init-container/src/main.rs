@@ -65,11 +65,12 @@ fn main() {
         Ok(fd) => fd,
         Err(e) => power_off(&format!("fatal: signalfd: {e}")),
     };
-    if let Err(e) = boot::boot() {
-        power_off(&format!("fatal: boot: {e}"));
-    }
+    let port = match boot::boot() {
+        Ok(port) => port,
+        Err(e) => power_off(&format!("fatal: boot: {e}")),
+    };
     let limits = limits::Limits::setup();
-    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT), boot::agent_port(), limits);
+    let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT), port, limits);
     if let Err(e) = agent.run() {
         power_off(&format!("fatal: agent: {e}"));
     }

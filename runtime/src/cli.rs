@@ -77,7 +77,7 @@ pub struct Cli {
     )]
     pub vsock: VsockRequest,
     /// Directory with the guest kernel and initramfs (default: `runtime/` beside this binary).
-    #[arg(long, global = true, env = crate::runtime_dir::RUNTIME_DIR_ENV)]
+    #[arg(long, global = true, env = crate::host::runtime_dir::RUNTIME_DIR_ENV)]
     pub runtime_dir: Option<PathBuf>,
     /// Volumes requested by the ExeScript's deploy command, as JSON.
     #[arg(long, global = true, env = "YA_RUNTIME_VOLUME_OVERRIDE")]

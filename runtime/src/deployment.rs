@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use image_loader::{ContainerConfig, UserSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::volume_override::OnErrors;
-use crate::volumes::Volume;
+use crate::deploy::volume_override::Ext4Errors;
+use crate::deploy::volumes::Volume;
 
 /// File name of the deployment record inside the workdir.
 pub const DEPLOYMENT_FILE: &str = "deployment.json";
@@ -57,7 +57,7 @@ pub struct DiskSpec {
     /// Bytes allocated on the host disk up front (the rest is sparse).
     pub preallocate: u64,
     /// ext4's `errors=` behaviour (`None`: the default of the use).
-    pub errors: Option<OnErrors>,
+    pub errors: Option<Ext4Errors>,
 }
 
 /// A scratch disk mounted at a path in the guest.

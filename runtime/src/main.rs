@@ -9,10 +9,10 @@ use clap::Parser;
 
 use qemu_config::{choose_accel, Accel, AccelRequest, HostProbe};
 use ya_runtime_vm::cli::{Cli, Command};
+use ya_runtime_vm::commands::self_test;
 use ya_runtime_vm::deploy::{self, DeployRequest};
 use ya_runtime_vm::deployment::{Resources, DEPLOYMENT_FILE};
-use ya_runtime_vm::runtime_dir::RuntimeDir;
-use ya_runtime_vm::self_test;
+use ya_runtime_vm::host::runtime_dir::RuntimeDir;
 use ya_runtime_vm::vm::VmOptions;
 
 /// Environment variable with a `tracing` filter for the runtime's logs (default `info`).
@@ -75,7 +75,7 @@ fn init_logging() {
 fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
     let volume_override = match cli.volume_override.as_deref().map(str::trim) {
         None | Some("") => Default::default(),
-        Some(json) => ya_runtime_vm::volume_override::parse(json)?,
+        Some(json) => ya_runtime_vm::deploy::volume_override::parse(json)?,
     };
     Ok(DeployRequest {
         workdir: cli.workdir.clone().context("--workdir is required")?,
@@ -134,17 +134,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 deploy::deploy(&deploy_request(&cli)?).await?;
             }
             let opts = vm_options(&cli)?;
-            let code = ya_runtime_vm::run::run(&workdir, &opts, entrypoint, args).await?;
+            let code = ya_runtime_vm::commands::run::run(&workdir, &opts, entrypoint, args).await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
         }
         Command::Start { args } => {
-            let start_entrypoint = ya_runtime_vm::start::parse_start_args(args)?;
+            let start_entrypoint = ya_runtime_vm::commands::start::parse_start_args(args)?;
             if cli.vpn_endpoint.is_some() || cli.inet_endpoint.is_some() {
                 bail!("networking (--vpn-endpoint, --inet-endpoint) is not supported yet");
             }
             let workdir = cli.workdir.clone().context("--workdir is required")?;
-            let status =
-                ya_runtime_vm::start::start(&workdir, &vm_options(&cli)?, start_entrypoint).await?;
+            let status = ya_runtime_vm::commands::start::start(
+                &workdir,
+                &vm_options(&cli)?,
+                start_entrypoint,
+            )
+            .await?;
             Ok(ExitCode::from(status))
         }
         Command::Test => {
@@ -188,9 +192,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::OfferTemplate => {
             let text =
                 std::fs::read_to_string("/proc/cpuinfo").context("cannot read /proc/cpuinfo")?;
-            let cpu = ya_runtime_vm::offer::parse_cpuinfo(&text)
+            let cpu = ya_runtime_vm::commands::offer::parse_cpuinfo(&text)
                 .context("/proc/cpuinfo names no CPU vendor")?;
-            let json = serde_json::to_string(&ya_runtime_vm::offer::template(&cpu))
+            let json = serde_json::to_string(&ya_runtime_vm::commands::offer::template(&cpu))
                 .context("cannot encode the offer template")?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{json}")

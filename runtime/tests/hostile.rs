@@ -160,7 +160,12 @@ async fn a_hijacked_connection_ends_the_activity(mode: &str, reason: &str) {
         let s = tokio::time::timeout(Duration::from_secs(30), events.recv())
             .await
             .expect("final statuses in time")
-            .expect("events");
+            .unwrap_or_else(|| {
+                panic!(
+                    "events ended before both final statuses: {}",
+                    activity.log()
+                )
+            });
         if !s.running {
             ended.push((s.pid, s.return_code));
         }

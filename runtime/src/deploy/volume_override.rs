@@ -7,32 +7,13 @@
 use std::collections::BTreeMap;
 
 use bytesize::ByteSize;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::volumes::{normalize, VolumeError};
+use crate::deploy::volumes::{normalize, VolumeError};
 
-/// How `storage` volumes react to file-system errors (ext4's `errors=`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnErrors {
-    /// `continue`.
-    Continue,
-    /// `remount-ro`.
-    RemountRo,
-    /// `panic`.
-    Panic,
-}
-
-impl OnErrors {
-    /// The value of ext4's `errors=` mount option.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Continue => "continue",
-            Self::RemountRo => "remount-ro",
-            Self::Panic => "panic",
-        }
-    }
-}
+/// How `storage` volumes react to file-system errors (ext4's `errors=`): the boot contract's
+/// type, stored in `deployment.json` as `continue`, `remount-ro` or `panic`.
+pub use agent_protocol::boot::Ext4Errors;
 
 /// What backs one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +32,7 @@ pub enum Mount {
         /// Bytes to allocate up front (0: sparse).
         preallocate: u64,
         /// `errors=` behaviour, if asked for.
-        errors: Option<OnErrors>,
+        errors: Option<Ext4Errors>,
     },
 }
 
@@ -143,9 +124,9 @@ pub fn parse(json: &str) -> Result<BTreeMap<String, Mount>, OverrideError> {
                 }
                 let errors = match errors.as_deref() {
                     None => None,
-                    Some("continue") => Some(OnErrors::Continue),
-                    Some("remount-ro") => Some(OnErrors::RemountRo),
-                    Some("panic") => Some(OnErrors::Panic),
+                    Some("continue") => Some(Ext4Errors::Continue),
+                    Some("remount-ro") => Some(Ext4Errors::RemountRo),
+                    Some("panic") => Some(Ext4Errors::Panic),
                     Some(other) => return Err(OverrideError::Errors(other.to_string())),
                 };
                 Mount::Storage {
@@ -229,7 +210,7 @@ mod tests {
             Mount::Storage {
                 size: GIB,
                 preallocate: 0,
-                errors: Some(OnErrors::RemountRo)
+                errors: Some(Ext4Errors::RemountRo)
             }
         );
     }

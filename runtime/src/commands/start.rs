@@ -25,9 +25,9 @@ use anyhow::{bail, Context};
 use crate::agent::{AgentError, AgentEvent, Events};
 use crate::api::proto::{request, response};
 use crate::api::server::{self, error, Ending, Handler, Outbox};
+use crate::commands::run::process_for;
+use crate::commands::signals::{self, Termination};
 use crate::deployment::Deployment;
-use crate::run::process_for;
-use crate::signals::{self, Termination};
 use crate::vm::{RunningVm, VmOptions};
 
 /// The return code of a command whose VM or agent was lost before it ended.

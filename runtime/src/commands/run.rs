@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context};
 use tokio::io::AsyncWriteExt;
 
 use crate::agent::{AgentEvent, Events};
+use crate::commands::signals::{self, Termination};
 use crate::deployment::Deployment;
-use crate::signals::{self, Termination};
 use crate::vm::{RunningVm, VmOptions};
 
 /// The process the image's configuration implies for `entrypoint` and `args`.

@@ -28,6 +28,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
+use agent_protocol::boot;
+
 use crate::deployment::{Deployment, DiskSpec, RootLayer};
 
 /// The smallest disk accepted: below 8 MiB `mke2fs` leaves the journal out, and without a
@@ -101,7 +103,7 @@ pub struct ScratchDisk {
 
 /// The `mke2fs` to format with.
 pub fn find_mkfs() -> Result<PathBuf, DiskError> {
-    crate::vm::on_path("mke2fs")
+    crate::host::process::on_path("mke2fs")
         .or_else(|| {
             SBIN_DIRS
                 .iter()
@@ -200,23 +202,15 @@ fn format(file: &File, mkfs: &Path) -> Result<(), DiskError> {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    crate::vm::inherit_fd(&mut cmd, fd);
+    crate::host::process::inherit_fd(&mut cmd, fd);
     let out = cmd
         .output()
         .map_err(|e| DiskError::Mkfs(format!("cannot run {}: {e}", mkfs.display())))?;
     if out.status.success() {
         return Ok(());
     }
-    let last = crate::vm::last_lines(&String::from_utf8_lossy(&out.stderr), 1);
+    let last = crate::host::process::last_lines(&String::from_utf8_lossy(&out.stderr), 1);
     Err(DiskError::Mkfs(format!("{last} ({})", out.status)))
-}
-
-/// The virtio serial of the root's writable layer (the guest's `ROOT_SERIAL`).
-const ROOT_SERIAL: &str = "root";
-
-/// The virtio serial of the `i`th storage volume's disk.
-pub fn storage_serial(i: usize) -> String {
-    format!("data{i}")
 }
 
 /// Creates the deployment's scratch disks in `workdir`: the root's writable layer (when it is
@@ -227,13 +221,13 @@ pub async fn create_disks(
 ) -> anyhow::Result<Vec<(String, ScratchDisk)>> {
     let mut specs: Vec<(String, DiskSpec)> = Vec::new();
     if let RootLayer::Disk(spec) = d.root {
-        specs.push((ROOT_SERIAL.into(), spec));
+        specs.push((boot::ROOT_SERIAL.into(), spec));
     }
     specs.extend(
         d.storage_volumes
             .iter()
             .enumerate()
-            .map(|(i, v)| (storage_serial(i), v.disk)),
+            .map(|(i, v)| (boot::storage_serial(i), v.disk)),
     );
     if specs.is_empty() {
         return Ok(Vec::new());
@@ -269,14 +263,11 @@ pub async fn create_disks(
     .context("the disk-creating task failed")?
 }
 
-/// The kernel command-line word that tells the guest where its root's writable layer is.
-pub fn root_param(root: &RootLayer) -> String {
-    match root {
-        RootLayer::Ram { size } => format!("yarv.root=ram:{size}"),
-        RootLayer::Disk(DiskSpec {
-            errors: Some(e), ..
-        }) => format!("yarv.root=disk:{}", e.as_str()),
-        RootLayer::Disk(_) => "yarv.root=disk".into(),
+/// The root's writable layer as the boot contract names it.
+pub fn root_layer(root: &RootLayer) -> boot::RootLayer {
+    match *root {
+        RootLayer::Ram { size } => boot::RootLayer::Ram(size),
+        RootLayer::Disk(DiskSpec { errors, .. }) => boot::RootLayer::Disk(errors),
     }
 }
 
@@ -296,7 +287,7 @@ mod tests {
 
     #[test]
     fn the_guest_learns_where_its_root_layer_is() {
-        use crate::volume_override::OnErrors;
+        use crate::deploy::volume_override::Ext4Errors;
         let disk = |errors| {
             RootLayer::Disk(DiskSpec {
                 size: 1 << 30,
@@ -304,16 +295,15 @@ mod tests {
                 errors,
             })
         };
-        assert_eq!(root_param(&disk(None)), "yarv.root=disk");
+        assert_eq!(root_layer(&disk(None)), boot::RootLayer::Disk(None));
         assert_eq!(
-            root_param(&disk(Some(OnErrors::Panic))),
-            "yarv.root=disk:panic"
+            root_layer(&disk(Some(Ext4Errors::Panic))),
+            boot::RootLayer::Disk(Some(Ext4Errors::Panic))
         );
         assert_eq!(
-            root_param(&RootLayer::Ram { size: 4096 }),
-            "yarv.root=ram:4096"
+            root_layer(&RootLayer::Ram { size: 4096 }),
+            boot::RootLayer::Ram(4096)
         );
-        assert_eq!(storage_serial(3), "data3");
     }
 
     #[test]

@@ -11,10 +11,11 @@ use qemu_config::{AccelRequest, HostProbe};
 use serde::Serialize;
 
 use crate::agent::Events;
+use crate::commands::run::{next_event, process_for, ProcessEvent};
 use crate::deploy::{self, DeployRequest};
 use crate::deployment::{Deployment, Resources};
-use crate::run::{next_event, process_for, ProcessEvent};
-use crate::vm::{find_tool, on_path, RunningVm, VmOptions};
+use crate::host::process::{find_tool, on_path};
+use crate::vm::{RunningVm, VmOptions};
 
 /// The image in the runtime dir.
 pub const IMAGE: &str = "self-test.gvmi";
@@ -164,7 +165,7 @@ pub fn kvm_present() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime_dir::RuntimeDir;
+    use crate::host::runtime_dir::RuntimeDir;
 
     #[test]
     fn kvm_present_but_inaccessible_is_named() {
