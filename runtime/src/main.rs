@@ -72,6 +72,14 @@ fn init_logging() {
         .init();
 }
 
+fn resources(cli: &Cli) -> Resources {
+    Resources {
+        cpu_cores: cli.cpu_cores,
+        mem_gib: cli.mem_gib,
+        storage_gib: cli.storage_gib,
+    }
+}
+
 fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
     let volume_override = match cli.volume_override.as_deref().map(str::trim) {
         None | Some("") => Default::default(),
@@ -89,11 +97,7 @@ fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
                 .context("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")?,
         },
         max_package_bytes: deploy::max_package_bytes(cli.max_package_gib)?,
-        resources: Resources {
-            cpu_cores: cli.cpu_cores,
-            mem_gib: cli.mem_gib,
-            storage_gib: cli.storage_gib,
-        },
+        resources: resources(cli),
         hostname: cli.hostname.clone(),
         volume_override,
     })
@@ -163,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &HostProbe::probe(),
                     self_test::kvm_present(),
                 )?;
-                self_test::run(&opts).await
+                self_test::run(&opts, resources(&cli)).await
             }
             .await;
             let report = self_test::Report {

@@ -51,7 +51,12 @@ fn assert_one_line_failure(out: &Output, report: &serde_json::Value, needle: &st
 #[test]
 fn boots_the_self_test_image_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (out, report) = self_test(&["--accel", "tcg"], &full_path(), tmp.path());
+    // With the resources an activity would be granted, not fixed ones.
+    let (out, report) = self_test(
+        &["--accel", "tcg", "--cpu-cores", "2", "--mem-gib", "0.5"],
+        &full_path(),
+        tmp.path(),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(report["ok"], true, "{report}");
@@ -102,6 +107,14 @@ fn missing_pieces_are_named_with_what_to_do() {
         &report,
         "no self-test.gvmi; build it with scripts/build-runtime.sh",
     );
+
+    // Resources no activity could have.
+    let (out, report) = self_test(
+        &["--accel", "tcg", "--mem-gib", "-1"],
+        &full_path(),
+        tmp.path(),
+    );
+    assert_one_line_failure(&out, &report, "--mem-gib");
 
     // No kernel at all.
     std::fs::remove_file(rt.join("vmlinuz")).unwrap();

@@ -70,7 +70,10 @@ pub fn preflight(
 }
 
 /// Boots the self-test image and runs the probe; `Ok` carries the boot time.
-pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
+///
+/// `resources` are those of the global options, so a provider checks the VM its activities
+/// would get (`--cpu-cores`, `--mem-gib`, `--storage-gib`; the defaults otherwise).
+pub async fn run(opts: &VmOptions, resources: Resources) -> anyhow::Result<Duration> {
     let scratch = tempfile::Builder::new()
         .prefix("yrv-test-")
         .tempdir()
@@ -86,11 +89,7 @@ pub async fn run(opts: &VmOptions) -> anyhow::Result<Duration> {
             .into_owned(),
         cache_dir: scratch.path().join("cache"),
         max_package_bytes: image_loader::loader::DEFAULT_MAX_PACKAGE_BYTES,
-        resources: Resources {
-            cpu_cores: 1,
-            mem_gib: 0.25,
-            storage_gib: 0.25,
-        },
+        resources,
         hostname: "golem-test".into(),
         volume_override: Default::default(),
     })
