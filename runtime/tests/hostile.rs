@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use test_harness::proto::{request, response};
-use test_harness::{finish, rss_kib, run, sh, Activity, RawApi};
+use test_harness::{finish, pid_of, rss_kib, run, sh, Activity, RawApi};
 use ya_runtime_api::server::{RuntimeControl, RuntimeService};
 
 /// Bytes under `dir`, volumes included.
@@ -34,11 +34,7 @@ async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
     let (rt, mut events) = activity.start().await;
     let runtime_pid = rt.id() as i32;
     let (rss_before, disk_before) = (rss_kib(runtime_pid), disk_usage(activity.dir.path()));
-    let pid = rt
-        .run_process(run(&tool, &["hostile", "console-flood", "3000000"]))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(&rt, run(&tool, &["hostile", "console-flood", "3000000"])).await;
     let (out, err, code) = finish(&mut events, pid).await;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     assert_eq!(out, b"wrote 3000000\n");
@@ -52,11 +48,7 @@ async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
         "activity dir {disk_before} -> {disk_after} bytes"
     );
     // The VM goes on.
-    let pid = rt
-        .run_process(run("/bin/echo", &["echo", "still here"]))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(&rt, run("/bin/echo", &["echo", "still here"])).await;
     assert_eq!(finish(&mut events, pid).await.0, b"still here\n");
     rt.shutdown().await.unwrap();
     assert_eq!(rt.stopped().await, 0);
@@ -66,11 +58,7 @@ async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
 /// Stops PID 1 with ptrace from inside the guest; returns the tool's pid (whose exit can never be
 /// reported).
 async fn stop_init(rt: &impl RuntimeService, tool: &str) -> u64 {
-    let pid = rt
-        .run_process(run(tool, &["hostile", "stop-init"]))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(rt, run(tool, &["hostile", "stop-init"])).await;
     // Its output cannot come out either: PID 1 relays it. Give the tracer time to attach.
     tokio::time::sleep(Duration::from_secs(3)).await;
     pid
@@ -145,16 +133,8 @@ async fn a_hijacked_connection_ends_the_activity(mode: &str, reason: &str) {
     let activity = Activity::deploy().await;
     let tool = activity.install_tool("hostile", "/golem/input");
     let (rt, mut events) = activity.start().await;
-    let sleeper = rt
-        .run_process(run("/bin/sleep", &["sleep", "1000"]))
-        .await
-        .unwrap()
-        .pid;
-    let hijacker = rt
-        .run_process(run(&tool, &["hostile", "steal-conn", mode]))
-        .await
-        .unwrap()
-        .pid;
+    let sleeper = pid_of(&rt, run("/bin/sleep", &["sleep", "1000"])).await;
+    let hijacker = pid_of(&rt, run(&tool, &["hostile", "steal-conn", mode])).await;
     let mut ended = Vec::new();
     while ended.len() < 2 {
         let s = tokio::time::timeout(Duration::from_secs(30), events.recv())
@@ -207,17 +187,17 @@ async fn a_few_forged_frames_are_counted_and_the_vm_goes_on() {
     let activity = Activity::deploy().await;
     let tool = activity.install_tool("hostile", "/golem/input");
     let (rt, mut events) = activity.start().await;
-    let pid = rt
-        .run_process(run(&tool, &["hostile", "steal-conn", "forged-output:10"]))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(
+        &rt,
+        run(&tool, &["hostile", "steal-conn", "forged-output:10"]),
+    )
+    .await;
     let (out, _, code) = finish(&mut events, pid).await;
     assert_eq!(
         (out.as_slice(), code),
         (&b"wrote 10 forged outputs\n"[..], 0)
     );
-    let pid = rt.run_process(sh("echo fine")).await.unwrap().pid;
+    let pid = pid_of(&rt, sh("echo fine")).await;
     assert_eq!(finish(&mut events, pid).await.0, b"fine\n");
     rt.shutdown().await.unwrap();
     assert_eq!(rt.stopped().await, 0);
@@ -322,7 +302,7 @@ async fn odd_characters_in_every_path_reach_qemu_intact() {
     let activity = Activity::deploy_in(dir, &test_harness::sample_image(), &[]).await;
     std::fs::write(activity.volume("/golem/input").join("in"), "through\n").unwrap();
     let (rt, mut events) = activity.start().await;
-    let pid = rt.run_process(sh("cat /golem/input/in")).await.unwrap().pid;
+    let pid = pid_of(&rt, sh("cat /golem/input/in")).await;
     assert_eq!(finish(&mut events, pid).await.0, b"through\n");
     rt.shutdown().await.unwrap();
     assert_eq!(rt.stopped().await, 0);
@@ -336,11 +316,7 @@ async fn a_fifo_in_place_of_passwd_never_blocks_the_init() {
     ))
     .await;
     let (rt, mut events) = activity.start().await;
-    let pid = rt
-        .run_process(sh("rm /etc/passwd && mkfifo /etc/passwd"))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(&rt, sh("rm /etc/passwd && mkfifo /etc/passwd")).await;
     assert_eq!(finish(&mut events, pid).await.2, 0);
     // The image's User is a name: it cannot be looked up now, and the request says why.
     let e = tokio::time::timeout(Duration::from_secs(30), rt.run_process(sh("true")))
@@ -372,11 +348,7 @@ async fn a_volume_path_through_an_image_symlink_stays_inside_the_image() {
     );
     let activity = Activity::deploy_image(&image).await;
     let (rt, mut events) = activity.start().await;
-    let pid = rt
-        .run_process(sh("echo through > /golem/output/f && cat /output/f"))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(&rt, sh("echo through > /golem/output/f && cat /output/f")).await;
     let (out, err, code) = finish(&mut events, pid).await;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     assert_eq!(out, b"through\n");
@@ -407,7 +379,7 @@ async fn no_device_node_setuid_file_or_foreign_owner_reaches_the_host_through_a_
          mkfifo fifo; echo fifo $?; \
          stat -c '%a %u' suid owned"
     );
-    let pid = rt.run_process(sh(&script)).await.unwrap().pid;
+    let pid = pid_of(&rt, sh(&script)).await;
     let (out, err, code) = finish(&mut events, pid).await;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     // The guest sees each refusal; chown is accepted (and squashed on the host).
@@ -473,30 +445,20 @@ async fn the_agent_keeps_answering_under_a_cpu_hog_and_a_fork_bomb() {
     let (rt, mut events) = activity.start().await;
     let sh_out = |script: String| sh(&script);
     // The requestor's processes run at nice 0 in their own cgroup; the init at -20.
-    let pid = rt
-        .run_process(sh(
-            "cut -d' ' -f19 /proc/self/stat /proc/1/stat; cat /proc/self/cgroup",
-        ))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(
+        &rt,
+        sh("cut -d' ' -f19 /proc/self/stat /proc/1/stat; cat /proc/self/cgroup"),
+    )
+    .await;
     assert_eq!(finish(&mut events, pid).await.0, b"0\n-20\n0::/requestor\n");
-    let pid = rt
-        .run_process(sh_out(format!("{tool} cpu-hog 8 8")))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(&rt, sh_out(format!("{tool} cpu-hog 8 8"))).await;
     assert_eq!(finish(&mut events, pid).await.0, b"hogging\n");
     for _ in 0..3 {
         let (took, ran) = start_true(&rt, &mut events).await;
         assert!(ran && took < Duration::from_secs(5), "{took:?} {ran}");
     }
     let bombed = Instant::now();
-    let pid = rt
-        .run_process(sh_out(format!("{tool} fork-bomb 15")))
-        .await
-        .unwrap()
-        .pid;
+    let pid = pid_of(&rt, sh_out(format!("{tool} fork-bomb 15"))).await;
     assert_eq!(finish(&mut events, pid).await.0, b"bombing\n");
     tokio::time::sleep(Duration::from_secs(2)).await;
     for _ in 0..3 {
@@ -590,14 +552,14 @@ async fn a_full_host_disk_leaves_the_guest_its_reserved_space_and_enospc_past_it
     // Everything else on the host's file system fills it up.
     fs.fill();
     let asked = Instant::now();
-    let pid = rt
-        .run_process(sh(
+    let pid = pid_of(
+        &rt,
+        sh(
             "dd if=/dev/zero of=/root/big bs=1M count=200 conv=fsync 2>&1; \
              rm /root/big; echo after > /root/small && cat /root/small",
-        ))
-        .await
-        .unwrap()
-        .pid;
+        ),
+    )
+    .await;
     let (out, _, code) = finish(&mut events, pid).await;
     let out = String::from_utf8_lossy(&out);
     assert!(

@@ -365,6 +365,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unreadable_answer_fails_its_own_request_and_the_connection_goes_on() {
+        let (client, _events, mut guest) = connected();
+        let mut decoder = FrameDecoder::new();
+        let (r, _) = tokio::join!(client.kill(5, 9), async {
+            let id = next_request_id(&mut guest, &mut decoder).await;
+            // A response header for that id around a payload that is not a Response.
+            let mut bytes = vec![agent_protocol::VERSION, 2, 0, 0, 4, 0, 0, 0];
+            bytes.extend(id.to_le_bytes());
+            bytes.extend([0xff; 4]);
+            guest.write_all(&bytes).await.unwrap();
+        });
+        match r {
+            Err(AgentError::Refused(msg)) => assert!(msg.contains("unreadable"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+        let (r, _) = tokio::join!(client.kill(5, 9), async {
+            let id = next_request_id(&mut guest, &mut decoder).await;
+            guest
+                .write_all(&response(id, response::Body::Ok(agent_protocol::Empty {})))
+                .await
+                .unwrap();
+        });
+        r.unwrap();
+    }
+
+    #[tokio::test]
     async fn an_answer_of_the_wrong_kind_breaks_the_connection() {
         let (client, mut events, mut guest) = connected();
         let mut decoder = FrameDecoder::new();

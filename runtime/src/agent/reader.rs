@@ -11,7 +11,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use agent_protocol::{notification, response, Frame, FrameDecoder, MAX_OUTPUT_CHUNK};
+use agent_protocol::{
+    notification, response, DecodeError, Error as WireError, Frame, FrameDecoder, Kind,
+    MAX_OUTPUT_CHUNK,
+};
 use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -170,6 +173,24 @@ impl Reader {
                 Ok(Some(f)) => f,
                 Ok(None) => return Ok(()),
                 Err(e) if e.is_recoverable() => {
+                    // An answer that cannot be read still answers its request: fail that one.
+                    if let DecodeError::Payload {
+                        kind: Kind::Response,
+                        id,
+                        ..
+                    }
+                    | DecodeError::Empty {
+                        kind: Kind::Response,
+                        id,
+                    } = &e
+                    {
+                        if let Some(w) = shared.take_waiter(*id) {
+                            let _ = w.send(response::Body::Error(WireError {
+                                errno: 0,
+                                message: format!("the guest agent's answer is unreadable: {e}"),
+                            }));
+                        }
+                    }
                     self.bad.note(|| e.to_string())?;
                     continue;
                 }

@@ -34,15 +34,21 @@ pub fn sample_image() -> Vec<u8> {
     std::fs::read(repo().join("target/images/sample.gvmi")).expect("scripts/build-sample-image.sh")
 }
 
-/// The sample image's file system under another configuration.
-pub fn sample_with_config(config_json: &str) -> Vec<u8> {
-    let sample = sample_image();
+/// The sample image's squashfs, without its trailer.
+fn sample_squashfs() -> Vec<u8> {
+    let mut sample = sample_image();
     let n = sample.len();
     let json_len: usize = std::str::from_utf8(&sample[n - 8..])
         .unwrap()
         .parse()
         .unwrap();
-    let mut image = sample[..n - 8 - json_len - 4].to_vec();
+    sample.truncate(n - 8 - json_len - 4);
+    sample
+}
+
+/// The sample image's file system under another configuration.
+pub fn sample_with_config(config_json: &str) -> Vec<u8> {
+    let mut image = sample_squashfs();
     image.extend(test_fixtures::images::trailer(config_json.as_bytes()));
     image
 }
@@ -84,6 +90,11 @@ pub fn run(bin: &str, args: &[&str]) -> RunProcess {
         args: args.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     }
+}
+
+/// Starts `r` and returns its pid (the request must succeed).
+pub async fn pid_of(rt: &impl RuntimeService, r: RunProcess) -> u64 {
+    rt.run_process(r).await.expect("the process starts").pid
 }
 
 /// `sh -c script`.
@@ -374,15 +385,9 @@ impl RawApi {
 /// The sample image's file system changed by `change` (run on an unpacked copy of its root),
 /// under `config_json`: unsquashfs, change, mksquashfs, trailer.
 pub fn sample_changed(change: impl FnOnce(&Path), config_json: &str) -> Vec<u8> {
-    let sample = sample_image();
-    let n = sample.len();
-    let json_len: usize = std::str::from_utf8(&sample[n - 8..])
-        .unwrap()
-        .parse()
-        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let sqfs = work.path().join("in.sqfs");
-    std::fs::write(&sqfs, &sample[..n - 8 - json_len - 4]).unwrap();
+    std::fs::write(&sqfs, sample_squashfs()).unwrap();
     let root = work.path().join("root");
     let status = std::process::Command::new("unsquashfs")
         .args(["-quiet", "-no-progress", "-d"])
