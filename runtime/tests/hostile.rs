@@ -575,3 +575,23 @@ async fn a_full_host_disk_leaves_the_guest_its_reserved_space_and_enospc_past_it
     assert!(activity.leftovers().await.is_empty());
     drop(activity);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_from_an_exe_unit_that_stopped_reading_still_ends_everything() {
+    let activity = Activity::deploy().await;
+    let mut api = RawApi::start(&activity);
+    api.hello().await;
+    let flood = request::RunProcess {
+        bin: "/bin/sh".into(),
+        args: vec!["sh".into(), "-c".into(), "cat /dev/zero".into()],
+        ..Default::default()
+    };
+    api.send(2, Some(request::Command::Run(flood))).await;
+    // The runtime's stdout fills up: nobody reads it any more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    api.send(3, Some(request::Command::Shutdown(request::Shutdown {})))
+        .await;
+    let code = api.exit_code(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{}", activity.log());
+    assert!(activity.leftovers().await.is_empty());
+}

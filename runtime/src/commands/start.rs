@@ -32,7 +32,8 @@ use crate::vm::{RunningVm, VmOptions};
 
 /// The return code of a command whose VM or agent was lost before it ended.
 pub const LOST_RETURN_CODE: i32 = -1;
-/// How long the writer gets to put out what is queued before the runtime exits.
+/// How long the last events and replies may take to be queued, and the writer to put them out,
+/// before the runtime exits (an exe-unit that stopped reading must not keep it alive).
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// How long the agent's last events may take to arrive once the VM is stopped.
 const LAST_EVENTS_LIMIT: Duration = Duration::from_secs(2);
@@ -349,7 +350,8 @@ async fn serve_activity(
             forwarder.abort();
             // Everything goes before the reply: the exe-unit kills the runtime on seeing it.
             vm.shutdown().await;
-            let _ = outbox.reply_shutdown(id).await;
+            // Bounded: an exe-unit that stopped reading must not keep the runtime alive.
+            let _ = tokio::time::timeout(FLUSH_LIMIT, outbox.reply_shutdown(id)).await;
             drop(outbox);
             let _ = forwarder.await;
             let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
@@ -383,7 +385,8 @@ async fn serve_activity(
             if let Ok(Ok(Forwarded::AgentGone { open, .. })) =
                 tokio::time::timeout(LAST_EVENTS_LIMIT, &mut forwarder).await
             {
-                end_open_commands(&outbox, &open, "the VM stopped").await;
+                let last = end_open_commands(&outbox, &open, "the VM stopped");
+                let _ = tokio::time::timeout(FLUSH_LIMIT, last).await;
             }
             forwarder.abort();
             drop(outbox);
@@ -396,7 +399,8 @@ async fn serve_activity(
                 .await
                 .ok();
             vm.kill().await;
-            end_open_commands(&outbox, &open, &reason).await;
+            let last = end_open_commands(&outbox, &open, &reason);
+            let _ = tokio::time::timeout(FLUSH_LIMIT, last).await;
             forwarder.abort();
             drop(outbox);
             let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
