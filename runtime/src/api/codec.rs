@@ -103,9 +103,10 @@ impl RequestDecoder {
     }
 }
 
-/// One response or event, length-delimited.
-pub fn encode_response(response: &Response) -> Vec<u8> {
-    response.encode_length_delimited_to_vec()
+/// Appends one response or event, length-delimited, to `out`.
+pub fn encode_response_into(response: &Response, out: &mut Vec<u8>) {
+    // Writing into a Vec cannot run out of space.
+    let _ = response.encode_length_delimited(out);
 }
 
 #[cfg(test)]

@@ -10,13 +10,15 @@ use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::codec::{encode_response, ApiDecodeError, RequestDecoder};
+use super::codec::{encode_response_into, ApiDecodeError, RequestDecoder};
 use super::proto::{request, response, Request, Response};
 
 /// Requests handled at once; past it, the input is not read until one is done.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Responses and events waiting for the writer (then events wait: backpressure to the guest).
 const OUTBOX: usize = 16;
+/// The writer's buffer: a few output chunks.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// An error reply.
 pub fn error(code: response::ErrorCode, message: impl std::fmt::Display) -> response::Error {
@@ -95,12 +97,18 @@ impl Outbox {
 /// Writes what the outbox receives until every sender is gone (then flushes and returns), or
 /// until a write fails.
 pub async fn write_all(
-    mut out: impl AsyncWrite + Unpin,
+    out: impl AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Response>,
 ) -> std::io::Result<()> {
+    // Under a flood several events go out in one write (tokio's stdout hands each write to a
+    // blocking thread); the buffer is flushed as soon as the queue is empty, so a quiet
+    // process's last line is never held back.
+    let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, out);
+    let mut frame = Vec::new();
     while let Some(r) = rx.recv().await {
-        out.write_all(&encode_response(&r)).await?;
-        // Flush once the queue is empty: batches under load, no delay when quiet.
+        frame.clear();
+        encode_response_into(&r, &mut frame);
+        out.write_all(&frame).await?;
         if rx.is_empty() {
             out.flush().await?;
         }
