@@ -18,13 +18,32 @@ fn run_ok(agent: &mut Agent, req: RunProcess) -> e2e::Finished {
     agent.wait(pid).expect("wait")
 }
 
+/// The scenario's current step: printed as it starts, and named again if a check of it fails.
+struct Steps(std::cell::Cell<&'static str>);
+
+impl Steps {
+    fn enter(&self, name: &'static str) {
+        eprintln!("step: {name}");
+        self.0.set(name);
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the guest scenario failed in step '{}'", self.0.get());
+        }
+    }
+}
+
 #[test]
 fn guest_agent_scenario() {
+    let steps = Steps(std::cell::Cell::new("boot"));
     let artifacts = Artifacts::find();
     let mut vm = Vm::boot(&artifacts);
     let mut agent = vm.connect(BOOT_LIMIT);
 
-    // hello
+    steps.enter("hello");
     match agent
         .request(request::Body::Hello(agent_protocol::Hello { version: 1 }))
         .unwrap()
@@ -34,6 +53,7 @@ fn guest_agent_scenario() {
     }
 
     // a request the guest cannot read gets an error answer, and the agent goes on
+    steps.enter("a request the guest cannot read gets an error answer");
     for payload in [&[0xff, 0xff, 0xff][..], &[0x82, 0x05, 0x00], &[]] {
         match agent.request_raw(payload).unwrap() {
             response::Body::Error(e) => assert!(e.message.starts_with("bad request"), "{e:?}"),
@@ -42,16 +62,18 @@ fn guest_agent_scenario() {
     }
 
     // echo: exact output and exit code 0
+    steps.enter("echo");
     let f = run_ok(&mut agent, cmd(&["/bin/echo", "hello", "world"]));
     assert_eq!(f.stdout, b"hello world\n");
     assert!(f.stderr.is_empty());
     assert_eq!((f.exit.code, f.exit.signal), (Some(0), None));
 
-    // exit code 3
+    steps.enter("exit code 3");
     let f = run_ok(&mut agent, sh("exit 3"));
     assert_eq!(f.exit.code, Some(3));
 
     // a missing binary is a clear error, and the agent goes on
+    steps.enter("a missing binary is a clear error");
     let e = agent.run(cmd(&["/bin/no-such-program"])).unwrap_err();
     assert_eq!(e, "exec /bin/no-such-program: No such file or directory");
     let e = agent
@@ -64,6 +86,7 @@ fn guest_agent_scenario() {
 
     // a name without '/' is looked up in the process's PATH, as execvp does; a file that is not
     // executable is EACCES, not "not found"
+    steps.enter("a name without '/' is looked up in the process's PATH");
     let f = run_ok(&mut agent, cmd(&["echo", "found"]));
     assert_eq!(f.stdout, b"found\n");
     let e = agent.run(cmd(&["no-such-tool"])).unwrap_err();
@@ -80,12 +103,12 @@ fn guest_agent_scenario() {
         b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
 
-    // stderr is separate from stdout
+    steps.enter("stderr is separate from stdout");
     let f = run_ok(&mut agent, sh("echo out; echo err >&2; echo out2"));
     assert_eq!(f.stdout, b"out\nout2\n");
     assert_eq!(f.stderr, b"err\n");
 
-    // environment, working directory, hostname, argv[0]
+    steps.enter("environment, working directory, hostname, argv[0]");
     let f = run_ok(
         &mut agent,
         RunProcess {
@@ -102,7 +125,7 @@ fn guest_agent_scenario() {
     let f = run_ok(&mut agent, sh("cat /etc/hostname; grep -c e2e /etc/hosts"));
     assert_eq!(String::from_utf8_lossy(&f.stdout), "e2e\n1\n");
 
-    // a file written by one command is read by the next (the overlay keeps state)
+    steps.enter("a file written by one command is read by the next (the overlay keeps state)");
     let f = run_ok(
         &mut agent,
         sh("echo persisted > /root/state && mkdir -p /var/x && echo ok"),
@@ -112,10 +135,11 @@ fn guest_agent_scenario() {
     assert_eq!(f.stdout, b"persisted\n");
 
     // the image's root keeps its mode (755), not the upper layer's
+    steps.enter("the image's root keeps its mode (755)");
     let f = run_ok(&mut agent, sh("stat -c %a /"));
     assert_eq!(f.stdout, b"755\n");
 
-    // running as another user
+    steps.enter("running as another user");
     let f = run_ok(
         &mut agent,
         RunProcess {
@@ -126,6 +150,7 @@ fn guest_agent_scenario() {
     assert_eq!(f.stdout, b"65534\n");
 
     // stdin, when asked for
+    steps.enter("stdin");
     let pid = agent
         .run(RunProcess {
             stdin: true,
@@ -144,6 +169,7 @@ fn guest_agent_scenario() {
     assert_eq!(f.stdout, b"piped\n");
 
     // the exit rule: every byte written before exit arrives before the exit notification
+    steps.enter("the exit rule");
     let f = run_ok(
         &mut agent,
         sh("i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done"),
@@ -160,6 +186,7 @@ fn guest_agent_scenario() {
     assert!(start.elapsed() < Duration::from_secs(10));
 
     // a virtio-fs volume: written in the guest, seen on the host, and the other way round
+    steps.enter("a virtio-fs volume");
     let r = agent
         .request(request::Body::Mount(MountVolume {
             tag: "vol0".into(),
@@ -185,7 +212,7 @@ fn guest_agent_scenario() {
         .unwrap();
     assert!(matches!(r, response::Body::Error(_)), "{r:?}");
 
-    // kill of `sleep 1000` reports the signal
+    steps.enter("kill of `sleep 1000` reports the signal");
     let pid = agent.run(cmd(&["/bin/sleep", "1000"])).unwrap();
     let r = agent
         .request(request::Body::Kill(KillProcess {
@@ -205,6 +232,7 @@ fn guest_agent_scenario() {
     );
 
     // sync, then shutdown powers off and QEMU exits 0
+    steps.enter("sync, then shutdown powers off");
     let r = agent.request(request::Body::Sync(Empty {})).unwrap();
     assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
     let r = agent.request(request::Body::Shutdown(Empty {})).unwrap();
