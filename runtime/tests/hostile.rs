@@ -264,10 +264,9 @@ async fn a_request_without_a_command_gets_an_error_and_shutdown_leaves_nothing_a
     assert!(activity.workdir_extras().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_output_during_a_flood_ends_the_activity() {
-    let activity = Activity::deploy().await;
-    let mut api = RawApi::start(&activity);
+/// Starts the activity through a raw client and a process that floods stdout (request 2).
+async fn flooding(activity: &Activity) -> RawApi {
+    let mut api = RawApi::start(activity);
     api.hello().await;
     let flood = request::RunProcess {
         bin: "/bin/sh".into(),
@@ -275,6 +274,13 @@ async fn a_closed_output_during_a_flood_ends_the_activity() {
         ..Default::default()
     };
     api.send(2, Some(request::Command::Run(flood))).await;
+    api
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_output_during_a_flood_ends_the_activity() {
+    let activity = Activity::deploy().await;
+    let mut api = flooding(&activity).await;
     // Some of the flood arrives, then the exe-unit's end of stdout goes away.
     for _ in 0..10 {
         api.recv(Duration::from_secs(10)).await.expect("output");
@@ -579,14 +585,7 @@ async fn a_full_host_disk_leaves_the_guest_its_reserved_space_and_enospc_past_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_from_an_exe_unit_that_stopped_reading_still_ends_everything() {
     let activity = Activity::deploy().await;
-    let mut api = RawApi::start(&activity);
-    api.hello().await;
-    let flood = request::RunProcess {
-        bin: "/bin/sh".into(),
-        args: vec!["sh".into(), "-c".into(), "cat /dev/zero".into()],
-        ..Default::default()
-    };
-    api.send(2, Some(request::Command::Run(flood))).await;
+    let mut api = flooding(&activity).await;
     // The runtime's stdout fills up: nobody reads it any more.
     tokio::time::sleep(Duration::from_secs(3)).await;
     api.send(3, Some(request::Command::Shutdown(request::Shutdown {})))
