@@ -136,7 +136,11 @@ impl ScratchDisk {
         format(&file, mkfs)?;
         // After mkfs, whose discard pass would punch the allocation out again; mode 0 only
         // allocates what is not allocated yet and keeps the data.
-        let len = libc::off_t::try_from(size).map_err(|_| DiskError::TooSmall(size))?;
+        let len = libc::off_t::try_from(size).map_err(|_| DiskError::Reserve {
+            dir: dir.to_path_buf(),
+            bytes: size,
+            source: nix::errno::Errno::EFBIG,
+        })?;
         match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len) {
             Ok(()) => {}
             Err(nix::errno::Errno::ENOSPC) => {
