@@ -7,19 +7,18 @@
 //! whatever the boot had made is released when it fails. While the VM runs,
 //! [`RunningVm::watch`] reports QEMU or a helper dying on its own.
 
-use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use qemu_config::Accel;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::agent::{AgentClient, Events};
 use crate::cli::VsockRequest;
 use crate::deployment::Deployment;
-use crate::host::console::Console;
-use crate::host::process::{find_tool, inherit_fd, spawn_tied, start_helper, tail};
+use crate::host::output_tail::OutputTail;
+use crate::host::process::{find_tool, inherit_fd, start_helper, Helper, HelperExit};
 use crate::host::runtime_dir::RuntimeDir;
 use crate::host::scratch_disk::create_disks;
 use crate::host::{scratch_dir, virtiofsd, vsock};
@@ -60,23 +59,17 @@ pub enum State {
 
 /// The VM's processes and its scratch directory: what [`RunningVm`] releases when it stops.
 struct Owned {
-    qemu: Child,
-    helpers: Vec<(&'static str, Child)>,
+    qemu: Helper,
+    helpers: Vec<Helper>,
     scratch: tempfile::TempDir,
 }
 
 impl Owned {
-    /// The first process that has exited, described.
-    fn first_exited(&mut self) -> Option<String> {
-        if let Ok(Some(status)) = self.qemu.try_wait() {
-            return Some(format!("QEMU exited ({status})"));
-        }
-        self.helpers
-            .iter_mut()
-            .find_map(|(name, c)| match c.try_wait() {
-                Ok(Some(status)) => Some(format!("{name} exited ({status})")),
-                _ => None,
-            })
+    /// The first process that has exited.
+    fn first_exited(&mut self) -> Option<HelperExit> {
+        std::iter::once(&mut self.qemu)
+            .chain(&mut self.helpers)
+            .find_map(Helper::exited)
     }
 }
 
@@ -87,7 +80,7 @@ pub struct RunningVm {
     /// `None` once stopping has begun.
     owned: Mutex<Option<Owned>>,
     /// The guest console, as far as it is kept.
-    console: Console,
+    console: OutputTail,
     /// The agent.
     pub agent: AgentClient,
 }
@@ -104,13 +97,11 @@ impl RunningVm {
         let scratch = scratch_dir::create().context("cannot create the VM's scratch directory")?;
         let rd = scratch.path().to_path_buf();
         let disks = create_disks(d, workdir).await?;
-        let mut console = Console::new().context("cannot make the console's socket pair")?;
+        let mut console = OutputTail::console().context("cannot make the console's socket pair")?;
         // Listen before the guest exists: it connects to us as soon as its agent is up.
         let mut vsock = vsock::open(opts.vsock, &opts.runtime_dir.dir, &rd).await?;
-        let mut helpers: Vec<(&'static str, Child)> = Vec::new();
-        if let Some(h) = vsock.helper.take() {
-            helpers.push(("vhost-device-vsock", h));
-        }
+        let mut helpers: Vec<Helper> = Vec::new();
+        helpers.extend(vsock.helper.take());
         let shares = vm_spec::shares(d, &rd);
         if !shares.is_empty() {
             let bin = find_tool("virtiofsd", &opts.runtime_dir.dir)?;
@@ -120,12 +111,10 @@ impl RunningVm {
             } else {
                 tracing::warn!("{why}");
             }
-            for (i, (share, v)) in shares.iter().zip(&d.volumes).enumerate() {
+            for (share, v) in shares.iter().zip(&d.volumes) {
                 let mut cmd =
                     virtiofsd::command(&bin, &share.socket, &workdir.join(&v.name), sandbox)?;
-                let log = rd.join(format!("virtiofsd{i}.log"));
-                let child = start_helper("virtiofsd", &mut cmd, &share.socket, &log).await?;
-                helpers.push(("virtiofsd", child));
+                helpers.push(start_helper("virtiofsd", &mut cmd, &share.socket).await?);
             }
         }
         let config = vm_spec::vm_config(
@@ -142,27 +131,22 @@ impl RunningVm {
                     .collect(),
                 shares,
                 console: console
-                    .qemu_fd()
+                    .write_fd()
                     .map_or(qemu_config::Console::None, qemu_config::Console::Socket),
             },
         )?;
-        let qemu_log = rd.join("qemu.log");
         let mut qemu_cmd = Command::new("qemu-system-x86_64");
-        qemu_cmd
-            .args(config.to_args()?)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&qemu_log)?);
+        qemu_cmd.args(config.to_args()?);
         let inherited = vsock
             .inherited
             .iter()
             .map(std::os::fd::AsRawFd::as_raw_fd)
             .chain(disks.iter().map(|(_, disk)| disk.fd()))
-            .chain(console.qemu_fd());
+            .chain(console.write_fd());
         for fd in inherited {
             inherit_fd(qemu_cmd.as_std_mut(), fd);
         }
-        let mut qemu = spawn_tied(&mut qemu_cmd, "qemu-system-x86_64")?;
+        let mut qemu = Helper::spawn("QEMU", &mut qemu_cmd)?;
         // QEMU holds the vsock device (and so the CID), the disks and the console's end now:
         // they are gone when it is.
         drop(vsock.inherited.take());
@@ -175,16 +159,29 @@ impl RunningVm {
             config.accel
         );
 
+        let mut died = None;
         let connected = vsock
             .listener
-            .accept(BOOT_TIMEOUT, || match qemu.try_wait() {
-                Ok(Some(status)) => Err(format!("QEMU exited ({status}): {}", tail(&qemu_log, 3))),
-                _ => Ok(()),
+            .accept(BOOT_TIMEOUT, || match qemu.exited() {
+                Some(exit) => {
+                    died = Some(exit);
+                    Err("QEMU exited".into())
+                }
+                None => Ok(()),
             })
             .await;
         let conn = match connected {
             Ok(c) => c,
-            Err(e) => bail!("the VM did not start: {e}; console: {}", console.summary()),
+            Err(e) => {
+                let why = match died.take() {
+                    Some(exit) => exit.describe().await,
+                    None => e.to_string(),
+                };
+                bail!(
+                    "the VM did not start: {why}; console: {}",
+                    console.summary()
+                )
+            }
         };
         let (agent, events) = AgentClient::new(conn);
         let vm = Self {
@@ -238,8 +235,12 @@ impl RunningVm {
                 Ok(mut o) => o.as_mut().and_then(Owned::first_exited),
                 Err(_) => None,
             };
-            if let Some(what) = exited {
-                return format!("{what}; console: {}", self.console_tail());
+            if let Some(exit) = exited {
+                return format!(
+                    "{}; console: {}",
+                    exit.describe().await,
+                    self.console_tail()
+                );
             }
         }
     }
@@ -275,24 +276,20 @@ impl RunningVm {
             scratch,
         }) = taken
         {
-            let running = orderly && matches!(qemu.try_wait(), Ok(None));
+            let running = orderly && matches!(qemu.child.try_wait(), Ok(None));
             let answered = running && self.agent.shutdown(POWER_OFF_TIMEOUT).await.is_ok();
             let wait = if answered {
                 POWER_OFF_TIMEOUT
             } else {
                 EXIT_GRACE
             };
-            let exited = running && tokio::time::timeout(wait, qemu.wait()).await.is_ok();
+            let exited = running && tokio::time::timeout(wait, qemu.child.wait()).await.is_ok();
             if running && !exited {
                 tracing::warn!("the guest did not power off in time; killing QEMU");
             }
-            if let Err(e) = qemu.kill().await {
-                tracing::debug!("stopping QEMU: {e}");
-            }
-            for (name, mut h) in helpers {
-                if let Err(e) = h.kill().await {
-                    tracing::debug!("stopping {name}: {e}");
-                }
+            qemu.stop().await;
+            for h in helpers {
+                h.stop().await;
             }
             if let Err(e) = scratch.close() {
                 tracing::warn!("cannot remove the VM's scratch directory: {e}");

@@ -6,6 +6,7 @@
 //! The guest's misdeeds are done by `hostile` (a static tool built with the init, copied into a
 //! volume) running as guest root.
 
+use std::os::unix::fs::FileTypeExt;
 use std::time::{Duration, Instant};
 
 use test_harness::proto::{request, response};
@@ -47,6 +48,17 @@ async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
         disk_after < disk_before + 512 * 1024,
         "activity dir {disk_before} -> {disk_after} bytes"
     );
+    // Neither the console nor QEMU's or a helper's stderr is a file: the scratch dir holds
+    // sockets, the owner's pid and virtiofsd's pid files only.
+    let scratch = activity.scratch_dir().expect("the VM's scratch dir");
+    let files: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_socket()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "owner" && !n.ends_with(".sock.pid"))
+        .collect();
+    assert!(files.is_empty(), "{files:?}");
     // The VM goes on.
     let pid = pid_of(&rt, run("/bin/echo", &["echo", "still here"])).await;
     assert_eq!(finish(&mut events, pid).await.0, b"still here\n");

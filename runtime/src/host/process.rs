@@ -1,6 +1,7 @@
 //! Host processes the VM needs (QEMU and the helper daemons): found in the runtime dir or on
 //! `PATH`, spawned tied to the runtime's life (`PR_SET_PDEATHSIG`, a process group of their own),
-//! given the descriptors they inherit, and waited for until their socket exists.
+//! given the descriptors they inherit, their stderr kept as a bounded tail
+//! ([`super::output_tail`]), and waited for until their socket exists.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
+
+use super::output_tail::{OutputTail, TailView};
 
 /// How long a helper gets to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,49 +74,90 @@ pub fn inherit_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd) {
     }
 }
 
-/// Starts a helper daemon (output to `log`) and waits until it has created `socket`.
+/// A running host process of the VM and the tail of its stderr.
+pub struct Helper {
+    /// Its program's name, for messages.
+    pub name: &'static str,
+    /// The process (killed when dropped).
+    pub child: Child,
+    /// What it last wrote to stderr.
+    pub stderr: OutputTail,
+}
+
+impl Helper {
+    /// Spawns `cmd` tied to the runtime ([`spawn_tied`]), its stderr kept as a bounded tail and
+    /// its stdin and stdout closed.
+    pub fn spawn(name: &'static str, cmd: &mut Command) -> anyhow::Result<Self> {
+        let mut stderr = OutputTail::stderr_of(name)
+            .with_context(|| format!("cannot make a socket pair for {name}'s stderr"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr.stdio()?);
+        let child = spawn_tied(cmd, name)?;
+        Ok(Self {
+            name,
+            child,
+            stderr,
+        })
+    }
+
+    /// `None` while it runs, else what to say of its end.
+    pub fn exited(&mut self) -> Option<HelperExit> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(HelperExit {
+                what: format!("{} exited ({status})", self.name),
+                stderr: self.stderr.view(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Kills it and waits for it.
+    pub async fn stop(mut self) {
+        if let Err(e) = self.child.kill().await {
+            tracing::debug!("stopping {}: {e}", self.name);
+        }
+    }
+}
+
+/// A host process's end, to be described once its last words have been read.
+pub struct HelperExit {
+    what: String,
+    stderr: TailView,
+}
+
+impl HelperExit {
+    /// How long the reader of its stderr gets to read what is left.
+    const DRAIN: Duration = Duration::from_millis(500);
+
+    /// "NAME exited (STATUS): its last stderr lines", on one line.
+    pub async fn describe(self) -> String {
+        let last = self.stderr.final_summary(Self::DRAIN).await;
+        format!("{}: {last}", self.what)
+    }
+}
+
+/// Starts a helper daemon and waits until it has created `socket`.
 pub async fn start_helper(
     name: &'static str,
     cmd: &mut Command,
     socket: &Path,
-    log: &Path,
-) -> anyhow::Result<Child> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?,
-    );
-    let mut child = spawn_tied(cmd, name)?;
-    wait_socket(socket, &mut child, name, log).await?;
-    Ok(child)
-}
-
-async fn wait_socket(
-    path: &Path,
-    helper: &mut Child,
-    name: &str,
-    log: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Helper> {
+    let mut helper = Helper::spawn(name, cmd)?;
     let start = std::time::Instant::now();
-    while !path.exists() {
-        if let Some(status) = helper.try_wait()? {
-            bail!(
-                "{name} exited ({status}) before creating its socket: {}",
-                tail(log, 3)
-            );
+    while !socket.exists() {
+        if let Some(exited) = helper.exited() {
+            bail!("{} (before creating its socket)", exited.describe().await);
         }
         if start.elapsed() > SOCKET_TIMEOUT {
             bail!(
                 "{name} did not create {} within {SOCKET_TIMEOUT:?}",
-                path.display()
+                socket.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
-}
-
-/// The last `n` non-empty lines of a file, on one line.
-pub fn tail(path: &Path, n: usize) -> String {
-    last_lines(&std::fs::read_to_string(path).unwrap_or_default(), n)
+    Ok(helper)
 }
 
 /// The last `n` non-empty lines of `text`, trimmed and joined with ` | ` on one line.

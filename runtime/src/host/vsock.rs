@@ -6,10 +6,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::Context;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use super::kernel_vsock::{self, KernelVsock};
-use super::process::{find_tool, start_helper};
+use super::process::{find_tool, start_helper, Helper};
 use crate::agent::{guest_socket, AgentListener};
 use crate::cli::VsockRequest;
 
@@ -24,7 +24,7 @@ pub struct VsockHost {
     /// The kernel device QEMU inherits; closed here once QEMU holds it.
     pub inherited: Option<OwnedFd>,
     /// The vhost-device-vsock daemon, on the user-space transport.
-    pub helper: Option<Child>,
+    pub helper: Option<Helper>,
 }
 
 /// Sets up the transport `request` asks for; sockets go in `scratch`.
@@ -75,7 +75,6 @@ pub async fn open(
             .arg("--uds-path")
             .arg(&uds),
         &socket,
-        &scratch.join("vsock.log"),
     )
     .await?;
     let listener = tokio::net::UnixListener::bind(guest_socket(&uds))
