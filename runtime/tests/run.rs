@@ -1,120 +1,39 @@
 //! `ya-runtime-vm run` end to end: the binary deploys the sample image, boots a real VM (TCG),
 //! runs one command, passes its output through, exits with its code, and leaves nothing behind.
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ya-runtime-vm");
+use test_harness::{sample_image, Activity};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+/// A private copy of the sample image, not deployed: `run` deploys by itself.
+fn activity() -> Activity {
+    Activity::new_in(tempfile::tempdir().unwrap(), &sample_image())
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-    image: PathBuf,
+/// `ya-runtime-vm [extra] run --entrypoint argv[0] -- argv[1..]`, to its end.
+fn run(a: &Activity, extra: &[&str], argv: &[&str]) -> Output {
+    a.std_command()
+        .args(extra)
+        .args(["run", "--entrypoint", argv[0], "--"])
+        .args(&argv[1..])
+        .output()
+        .unwrap()
 }
 
-impl Env {
-    /// A private copy of the sample image, so that every process of this test names this dir.
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sample = repo().join("target/images/sample.gvmi");
-        assert!(
-            sample.exists(),
-            "run scripts/build-sample-image.sh (scripts/test.sh does)"
-        );
-        let image = dir.path().join("sample.gvmi");
-        std::fs::copy(&sample, &image).unwrap();
-        Self { dir, image }
-    }
-
-    fn workdir(&self) -> PathBuf {
-        self.dir.path().join("work")
-    }
-
-    fn command(&self, extra: &[&str]) -> std::process::Command {
-        let mut path = std::ffi::OsString::from(repo().join(".tools/bin"));
-        path.push(":");
-        path.push(std::env::var_os("PATH").unwrap_or_default());
-        let mut c = std::process::Command::new(BIN);
-        c.arg("--workdir")
-            .arg(self.workdir())
-            .arg("--task-package")
-            .arg(&self.image)
-            .args(extra)
-            .env("PATH", path)
-            .env("YA_RUNTIME_VM_ACCEL", "tcg")
-            // The VM's scratch dir (sockets) under this test's dir: a leftover one is seen.
-            .env("TMPDIR", self.dir.path());
-        c
-    }
-
-    fn run(&self, extra: &[&str], argv: &[&str]) -> Output {
-        self.command(extra)
-            .args(["run", "--entrypoint", argv[0], "--"])
-            .args(&argv[1..])
-            .output()
-            .unwrap()
-    }
-
-    /// What is in the workdir, sorted: after any run, `deployment.json` and the host volume
-    /// dirs only (scratch disks have no name).
-    fn workdir_entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.workdir())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// The workdir's `deployment.json`.
-    fn record(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.workdir().join("deployment.json")).unwrap())
-            .unwrap()
-    }
-
-    /// The host volume dirs the deployment record names, and `deployment.json`, sorted.
-    fn expected_workdir(&self) -> Vec<String> {
-        let record = self.record();
-        let mut names: Vec<String> = record["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap().to_string())
-            .chain(["deployment.json".to_string()])
-            .collect();
-        names.sort();
-        names
-    }
-
-    /// Processes whose command line mentions this test's directory, and scratch dirs left in it.
-    fn leftovers(&self) -> Vec<String> {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let mut found: Vec<String> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("yrv-"))
-            .collect();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains(&needle) && !cmd.contains("run.rs") {
-                    found.push(cmd);
-                }
-            }
-        }
-        found
-    }
+/// Nothing of the activity runs any more, no scratch dir is left, and the workdir holds the
+/// deployment record and the host volume dirs it names only (scratch disks have no name).
+fn assert_nothing_left(a: &mut Activity) {
+    let left = a.leftovers_now();
+    assert!(left.is_empty(), "{left:?}");
+    a.reload_vols();
+    assert_eq!(a.workdir_extras(), Vec::<String>::new());
 }
 
 #[test]
 fn runs_one_command_with_the_images_config() {
-    let env = Env::new();
-    let out = env.run(
+    let mut env = activity();
+    let out = run(
+        &env,
         &["--hostname", "runner"],
         &[
             "/bin/sh",
@@ -131,27 +50,19 @@ fn runs_one_command_with_the_images_config() {
     );
     assert_eq!(stdout, "a\0b\n/golem/work\nrunner\n1\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("oops\n"));
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn volumes_carry_files_both_ways_and_state_is_per_run() {
-    let env = Env::new();
+    let mut env = activity();
     // The first run deploys; find the input volume's host dir from the deployment record.
-    let out = env.run(&[], &["/bin/true"]);
+    let out = run(&env, &[], &["/bin/true"]);
     assert_success(&out);
-    let record = env.record();
-    let vol = |path: &str| {
-        let v = record["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["path"] == path)
-            .unwrap();
-        env.workdir().join(v["name"].as_str().unwrap())
-    };
-    std::fs::write(vol("/golem/input").join("in.txt"), "from the host\n").unwrap();
-    let out = env.run(
+    env.reload_vols();
+    std::fs::write(env.volume("/golem/input").join("in.txt"), "from the host\n").unwrap();
+    let out = run(
+        &env,
         &[],
         &[
             "/bin/sh",
@@ -161,16 +72,16 @@ fn volumes_carry_files_both_ways_and_state_is_per_run() {
     );
     assert_success(&out);
     assert_eq!(
-        std::fs::read_to_string(vol("/golem/output").join("out.txt")).unwrap(),
+        std::fs::read_to_string(env.volume("/golem/output").join("out.txt")).unwrap(),
         "FROM THE HOST\n"
     );
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn failures_are_one_clear_line() {
-    let env = Env::new();
-    let out = env.run(&[], &["/bin/no-such-program"]);
+    let mut env = activity();
+    let out = run(&env, &[], &["/bin/no-such-program"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let last = err.lines().last().unwrap_or_default().to_string();
@@ -178,12 +89,16 @@ fn failures_are_one_clear_line() {
         last,
         "ya-runtime-vm: exec /bin/no-such-program: No such file or directory"
     );
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 
     // A runtime dir without a kernel.
     let empty = env.dir.path().join("empty-runtime");
     std::fs::create_dir(&empty).unwrap();
-    let out = env.run(&["--runtime-dir", empty.to_str().unwrap()], &["/bin/true"]);
+    let out = run(
+        &env,
+        &["--runtime-dir", empty.to_str().unwrap()],
+        &["/bin/true"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -199,9 +114,9 @@ fn failures_are_one_clear_line() {
 fn ctrl_c_powers_the_vm_off_and_exits_130() {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let env = Env::new();
+    let mut env = activity();
     let mut child = env
-        .command(&[])
+        .std_command()
         .args([
             "run",
             "--entrypoint",
@@ -226,13 +141,14 @@ fn ctrl_c_powers_the_vm_off_and_exits_130() {
     assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn a_host_volume_from_the_override_is_shared_like_the_images() {
-    let env = Env::new();
-    let out = env.run(
+    let mut env = activity();
+    let out = run(
+        &env,
         &["--volume-override", r#"{"/data": {"host": {}}}"#],
         &[
             "/bin/sh",
@@ -242,23 +158,17 @@ fn a_host_volume_from_the_override_is_shared_like_the_images() {
     );
     assert_success(&out);
     assert_eq!(out.stdout, b"input\noutput\nwork\n");
-    let record = env.record();
-    let data = record["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["path"] == "/data")
-        .unwrap();
-    let file = env.workdir().join(data["name"].as_str().unwrap()).join("f");
+    env.reload_vols();
+    let file = env.volume("/data").join("f");
     assert_eq!(std::fs::read_to_string(file).unwrap(), "from-the-guest\n");
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn a_ram_volume_holds_its_size_and_refuses_more() {
-    let env = Env::new();
+    let mut env = activity();
     // /golem/output is an image VOLUME turned into RAM: no host dir for it any more.
-    let out = env.run(
+    let out = run(&env,
         &[
             "--volume-override",
             r#"{"/scratch": {"ram": {"size": "64MiB"}}, "/golem/output": {"ram": {"size": "1MiB"}}}"#,
@@ -272,15 +182,10 @@ fn a_ram_volume_holds_its_size_and_refuses_more() {
         ],
     );
     assert_output(&out, "took-32\nrefused-100\n1\n1\n");
-    let record = env.record();
-    let host: Vec<_> = record["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["path"].as_str().unwrap().to_string())
-        .collect();
+    env.reload_vols();
+    let host: Vec<_> = env.vols.iter().map(|(path, _)| path.as_str()).collect();
     assert_eq!(host, ["/golem/input"]);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 /// Asserts a successful run, quoting its stderr otherwise.
@@ -305,7 +210,7 @@ const EXT4_ERROR: &str =
 
 #[test]
 fn storage_volumes_are_empty_disks_that_fill_up_and_honour_their_errors_setting() {
-    let env = Env::new();
+    let mut env = activity();
     let script = format!(
         "{EXT4_ERROR} \
          grep -c ' /c ext4 ' /proc/mounts; stat -c '%a %U' /c; ls -A /c | wc -l; \
@@ -315,7 +220,8 @@ fn storage_volumes_are_empty_disks_that_fill_up_and_honour_their_errors_setting(
          echo x > /c/after && echo c-writable; \
          echo x > /ro/after 2>/dev/null || echo ro-refused"
     );
-    let out = env.run(
+    let out = run(
+        &env,
         &[
             "--volume-override",
             r#"{"/c": {"storage": {"size": "16MiB", "errors": "continue"}},
@@ -327,15 +233,15 @@ fn storage_volumes_are_empty_disks_that_fill_up_and_honour_their_errors_setting(
         &out,
         "1\n1777 root\n0\nNo space left on device\nagain\nc-writable\nro-refused\n",
     );
-    assert_eq!(env.workdir_entries(), env.expected_workdir());
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn errors_panic_ends_the_vm_with_a_clear_error_and_leaves_nothing() {
-    let env = Env::new();
+    let mut env = activity();
     let script = format!("{EXT4_ERROR} echo before; ext4_error /p; sleep 60; echo after");
-    let out = env.run(
+    let out = run(
+        &env,
         &[
             "--volume-override",
             r#"{"/p": {"storage": {"size": "16MiB", "errors": "panic"}}}"#,
@@ -351,15 +257,15 @@ fn errors_panic_ends_the_vm_with_a_clear_error_and_leaves_nothing() {
             && last.contains("panic forced after error"),
         "{err}"
     );
-    assert_eq!(env.workdir_entries(), env.expected_workdir());
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn the_roots_writable_layer_holds_what_storage_gib_grants_and_keeps_the_images_modes() {
-    let env = Env::new();
+    let mut env = activity();
     // 768 MiB cannot fit in the VM's 256 MiB of RAM: the layer is on disk.
-    let out = env.run(
+    let out = run(
+        &env,
         &["--storage-gib", "2"],
         &[
             "/bin/sh",
@@ -373,24 +279,28 @@ fn the_roots_writable_layer_holds_what_storage_gib_grants_and_keeps_the_images_m
         &out,
         "755 root\n644 root\n755 root\n805306368\n755 root\n644 root\n",
     );
-    assert_eq!(env.workdir_entries(), env.expected_workdir());
+    assert_nothing_left(&mut env);
 }
 
 #[test]
 fn a_full_root_layer_gets_enospc_and_the_vm_goes_on() {
-    let env = Env::new();
+    let mut env = activity();
     let script =
         "dd if=/dev/zero of=/big bs=1M count=100 2>&1 | grep -o 'No space left on device'; \
                   rm /big; echo fine > /after && cat /after";
     // On disk: a 64 MiB grant.
-    let out = env.run(&["--storage-gib", "0.0625"], &["/bin/sh", "-c", script]);
+    let out = run(
+        &env,
+        &["--storage-gib", "0.0625"],
+        &["/bin/sh", "-c", script],
+    );
     assert_output(&out, "No space left on device\nfine\n");
     // In RAM: a ram override on /, which keeps the image root's mode too.
-    let out = env.run(
+    let out = run(
+        &env,
         &["--volume-override", r#"{"/": {"ram": {"size": "48MiB"}}}"#],
         &["/bin/sh", "-c", &format!("stat -c %a /; {script}")],
     );
     assert_output(&out, "755\nNo space left on device\nfine\n");
-    assert_eq!(env.workdir_entries(), env.expected_workdir());
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    assert_nothing_left(&mut env);
 }

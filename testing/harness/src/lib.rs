@@ -1,10 +1,11 @@
 //! # test-harness
 //!
-//! What every end-to-end test of the runtime does the same way: deploy an image into a private
-//! activity directory, start `ya-runtime-vm start` and drive it through ya-runtime-api 0.7.0's
-//! own client as the exe-unit does, collect one process's events, and check what the activity
-//! left behind (processes, scratch dirs, files in the workdir). It sits beside the tests, at the
-//! far end of the data flow: it only talks to the runtime binary as yagna would.
+//! What every end-to-end test and benchmark of the runtime does the same way: put an image in a
+//! private activity directory and deploy it, start `ya-runtime-vm start` and drive it through
+//! ya-runtime-api 0.7.0's own client as the exe-unit does (or run `ya-runtime-vm run`), collect
+//! one process's events, find the activity's processes and their memory, and check what the
+//! activity left behind (processes, scratch dirs, files in the workdir). It sits beside the
+//! tests, at the far end of the data flow: it only talks to the runtime binary as yagna would.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -102,13 +103,28 @@ pub fn sh(script: &str) -> RunProcess {
     run("/bin/sh", &["sh", "-c", script])
 }
 
-/// A deployed image in a private directory.
+/// An image in a private directory, deployed or about to be.
 pub struct Activity {
     /// The activity's directory: the image, `work/` (the workdir), the runtime's log, and the
     /// VM's scratch dir (`TMPDIR` points here).
     pub dir: tempfile::TempDir,
     /// The deploy result's `vols`: (guest path, host dir name).
     pub vols: Vec<(String, String)>,
+    /// The `ya-runtime-vm` binary.
+    runtime: PathBuf,
+}
+
+/// A process of an activity, as `/proc` shows it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Its pid.
+    pub pid: i32,
+    /// Its program's file name.
+    pub program: String,
+    /// Its command line, arguments joined by spaces.
+    pub cmdline: String,
+    /// Its resident set in KiB.
+    pub rss_kib: u64,
 }
 
 impl Activity {
@@ -129,12 +145,31 @@ impl Activity {
 
     /// As [`Activity::deploy_with`], in this directory.
     pub async fn deploy_in(dir: tempfile::TempDir, image: &[u8], extra: &[&str]) -> Self {
-        let mut a = Self {
+        let mut a = Self::new_in(dir, image);
+        a.deploy_now(extra).await;
+        a
+    }
+
+    /// These image bytes as `sample.gvmi` in this directory, not deployed yet (`run` deploys
+    /// by itself; [`Activity::deploy_now`] as the exe-unit does).
+    pub fn new_in(dir: tempfile::TempDir, image: &[u8]) -> Self {
+        std::fs::write(dir.path().join("sample.gvmi"), image).unwrap();
+        Self {
             dir,
             vols: Vec::new(),
-        };
-        std::fs::write(a.dir.path().join("sample.gvmi"), image).unwrap();
-        let out = a
+            runtime: runtime_bin(),
+        }
+    }
+
+    /// The same activity run by another `ya-runtime-vm` binary (a release build).
+    pub fn with_runtime(mut self, runtime: PathBuf) -> Self {
+        self.runtime = runtime;
+        self
+    }
+
+    /// Runs `deploy` with these extra global arguments and keeps its `vols`.
+    pub async fn deploy_now(&mut self, extra: &[&str]) {
+        let out = self
             .command()
             .args(extra)
             .args(["deploy", "--"])
@@ -143,15 +178,23 @@ impl Activity {
             .unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "deploy: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        for v in result["vols"].as_array().unwrap() {
-            let field = |k: &str| v[k].as_str().unwrap().to_string();
-            a.vols.push((field("path"), field("name")));
-        }
-        a
+        self.vols = vols_of(&result["vols"]);
+    }
+
+    /// The workdir's `deployment.json` (what `deploy`, or `run`, recorded).
+    pub fn record(&self) -> serde_json::Value {
+        let bytes = std::fs::read(self.dir.path().join("work/deployment.json"))
+            .expect("a deployment record");
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Takes the volumes from the deployment record (after a `run`, which deploys by itself).
+    pub fn reload_vols(&mut self) {
+        self.vols = vols_of(&self.record()["volumes"]);
     }
 
     /// The host directory of the volume mounted at `guest_path`.
@@ -168,21 +211,30 @@ impl Activity {
 
     /// `ya-runtime-vm` with the activity's global options, under TCG, with the helpers of
     /// `.tools/bin` on `PATH` and the VM's scratch dir inside the activity's dir.
-    pub fn command(&self) -> tokio::process::Command {
+    pub fn std_command(&self) -> std::process::Command {
         let mut path = std::ffi::OsString::from(repo().join(".tools/bin"));
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
-        let mut c = tokio::process::Command::new(runtime_bin());
+        let mut c = std::process::Command::new(&self.runtime);
         c.arg("--workdir")
             .arg(self.dir.path().join("work"))
             .arg("--task-package")
             .arg(self.dir.path().join("sample.gvmi"))
             .env("PATH", path)
-            .env("YA_RUNTIME_VM_ACCEL", "tcg")
-            // The VM's sockets and logs go under the activity's dir, so that every helper's
-            // command line names it and a socket left behind is seen.
-            .env("TMPDIR", self.dir.path())
-            .kill_on_drop(true);
+            .env(
+                "YA_RUNTIME_VM_ACCEL",
+                std::env::var("YA_RUNTIME_VM_ACCEL").unwrap_or_else(|_| "tcg".into()),
+            )
+            // The VM's sockets go under the activity's dir, so that every helper's command
+            // line names it and a socket left behind is seen.
+            .env("TMPDIR", self.dir.path());
+        c
+    }
+
+    /// As [`Activity::std_command`], for tokio (killed when dropped).
+    pub fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::from(self.std_command());
+        c.kill_on_drop(true);
         c
     }
 
@@ -200,19 +252,50 @@ impl Activity {
 
     /// As [`Activity::leftovers`], without waiting for processes that are exiting.
     pub fn leftovers_now(&self) -> Vec<String> {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let processes = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(&needle));
+        let processes = self.processes().into_iter().map(|p| p.cmdline);
         let run_dirs = std::fs::read_dir(self.dir.path())
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("yrv-"));
         processes.chain(run_dirs).collect()
+    }
+
+    /// The processes (the runtime, QEMU, the helpers) whose command line names this activity.
+    pub fn processes(&self) -> Vec<Process> {
+        let needle = self.dir.path().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse().ok()?;
+                let raw = std::fs::read(e.path().join("cmdline")).ok()?;
+                let raw = String::from_utf8_lossy(&raw);
+                let program = Path::new(raw.split('\0').next()?)
+                    .file_name()?
+                    .to_string_lossy()
+                    .into_owned();
+                let cmdline = raw.replace('\0', " ");
+                cmdline.contains(&needle).then(|| Process {
+                    pid,
+                    program,
+                    cmdline,
+                    rss_kib: rss_kib(pid),
+                })
+            })
+            .collect()
+    }
+
+    /// The running VM's scratch dir (its sockets).
+    pub fn scratch_dir(&self) -> Option<PathBuf> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("yrv-"))
+            })
     }
 
     /// The workdir's entries that are neither `deployment.json` nor a host volume dir of the
@@ -228,14 +311,10 @@ impl Activity {
 
     /// The pid of this activity's process whose program is named `program`.
     pub fn pid_of(&self, program: &str) -> Option<i32> {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd);
-            let argv0 = cmd.split('\0').next()?;
-            let pid = e.file_name().to_str()?.parse().ok()?;
-            (Path::new(argv0).file_name()? == program && cmd.contains(&needle)).then_some(pid)
-        })
+        self.processes()
+            .into_iter()
+            .find(|p| p.program == program)
+            .map(|p| p.pid)
     }
 
     /// Spawns `start` through the API's client and waits for hello (the VM has booted).
@@ -263,11 +342,23 @@ impl Activity {
         let rt = spawn(cmd, ChannelEvents(tx)).await.unwrap();
         let version = tokio::time::timeout(Duration::from_secs(120), rt.hello("0.1.0"))
             .await
-            .expect("boot in time")
-            .unwrap();
+            .unwrap_or_else(|_| panic!("no boot in time: {}", self.log()))
+            .unwrap_or_else(|e| panic!("hello: {e:?}: {}", self.log()));
         assert!(!version.is_empty());
         (rt, events)
     }
+}
+
+/// `vols` of a deploy result or `volumes` of a deployment record: (guest path, host dir name).
+fn vols_of(list: &serde_json::Value) -> Vec<(String, String)> {
+    list.as_array()
+        .expect("a list of volumes")
+        .iter()
+        .map(|v| {
+            let field = |k: &str| v[k].as_str().expect("a volume's path and name").to_string();
+            (field("path"), field("name"))
+        })
+        .collect()
 }
 
 /// The resident set of process `pid` in KiB.

@@ -17,20 +17,13 @@ use std::time::{Duration, Instant};
 
 use e2e::stats::{median, ms, percentile, runs_ms};
 use e2e::{floor_boot, Artifacts};
-use local_runner::ChannelEvents;
+use test_harness::Activity;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
-use ya_runtime_api::server::{spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
+use ya_runtime_api::server::{ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
 
 /// The port `vsock-send` connects to (vhost-device-vsock delivers it to `<uds>_PORT`).
 const RAW_PORT: u32 = 5001;
-
-/// One activity: a deployed workdir under `dir`, whose scratch dirs also go there.
-struct Bench {
-    dir: tempfile::TempDir,
-    bin: PathBuf,
-    vols: Vec<(String, PathBuf)>,
-}
 
 type Runtime = Box<dyn RuntimeControlService>;
 trait RuntimeControlService: RuntimeService + RuntimeControl {}
@@ -42,6 +35,15 @@ struct Session {
 }
 
 impl Session {
+    /// Starts the activity's runtime and waits for hello (the VM has booted).
+    async fn start(activity: &Activity) -> Self {
+        let (rt, events) = activity.start().await;
+        Self {
+            rt: Box::new(rt),
+            events,
+        }
+    }
+
     /// Runs a process to its end: (time from RunProcess to the final event, stdout bytes, code).
     async fn run(&mut self, argv: &[&str], work_dir: &str) -> (Duration, u64, i32) {
         let start = Instant::now();
@@ -76,106 +78,18 @@ impl Session {
     }
 }
 
-impl Bench {
-    async fn new(bin: PathBuf, image: &Path) -> Self {
-        // Under target/: the workdir's volumes and the host dd share one disk.
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-        let dir = tempfile::Builder::new()
-            .prefix("bench-")
-            .tempdir_in(root)
-            .expect("bench dir");
-        std::fs::copy(image, dir.path().join("image.gvmi")).expect("copy the image");
-        let mut b = Self {
-            dir,
-            bin,
-            vols: Vec::new(),
-        };
-        let out = b.command().args(["deploy", "--"]).output().await.unwrap();
-        assert!(
-            out.status.success(),
-            "deploy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("deploy JSON");
-        for v in result["vols"].as_array().expect("vols") {
-            let name = v["name"].as_str().expect("name");
-            b.vols.push((
-                v["path"].as_str().expect("path").to_string(),
-                b.dir.path().join("work").join(name),
-            ));
-        }
-        b
-    }
-
-    fn command(&self) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(&self.bin);
-        c.arg("--workdir")
-            .arg(self.dir.path().join("work"))
-            .arg("--task-package")
-            .arg(self.dir.path().join("image.gvmi"))
-            .env("TMPDIR", self.dir.path())
-            .stderr(Stdio::inherit());
-        c
-    }
-
-    fn volume(&self, path: &str) -> &Path {
-        &self.vols.iter().find(|(p, _)| p == path).expect("volume").1
-    }
-
-    async fn start(&self) -> Session {
-        let mut cmd = self.command();
-        cmd.arg("start");
-        let (tx, events) = mpsc::unbounded_channel();
-        let rt = spawn(cmd, ChannelEvents(tx)).await.expect("spawn start");
-        rt.hello("bench").await.expect("hello");
-        Session {
-            rt: Box::new(rt),
-            events,
-        }
-    }
-
-    /// The running VM's scratch dir.
-    fn scratch(&self) -> PathBuf {
-        std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("yrv-"))
-            })
-            .expect("a running VM's scratch dir")
-    }
-
-    /// (program name, RSS in KiB) of every process whose command line names this bench's dir.
-    fn processes(&self) -> Vec<(String, u64, u32)> {
-        let needle = self.dir.path().to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).into_owned();
-            if !cmd.contains(&needle) {
-                continue;
-            }
-            let name = Path::new(cmd.split('\0').next().unwrap_or_default())
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-            let rss = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            found.push((name, rss, pid));
-        }
-        found
-    }
+/// The sample image deployed for `runtime` in a directory under `target/`, so that the
+/// workdir's volumes and the host dd share one disk.
+async fn deploy(runtime: PathBuf, image: &Path) -> Activity {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let dir = tempfile::Builder::new()
+        .prefix("bench-")
+        .tempdir_in(root)
+        .expect("bench dir");
+    let image = std::fs::read(image).expect("the sample image");
+    let mut activity = Activity::new_in(dir, &image).with_runtime(runtime);
+    activity.deploy_now(&[]).await;
+    activity
 }
 
 fn mib_per_s(bytes: u64, d: Duration) -> f64 {
@@ -206,7 +120,7 @@ async fn main() {
         .max(1);
     let bytes = mib << 20;
     let a = Artifacts::find();
-    let bench = Bench::new(bin, &a.image).await;
+    let bench = deploy(bin, &a.image).await;
 
     // Cold starts, each right after a floor boot; the last VM stays up for the rest.
     let (mut floor, mut cold) = (Vec::new(), Vec::new());
@@ -219,7 +133,7 @@ async fn main() {
                 .unwrap(),
         );
         let start = Instant::now();
-        let mut s = bench.start().await;
+        let mut s = Session::start(&bench).await;
         let (_, _, code) = s.run(&["/bin/true"], "").await;
         cold.push(start.elapsed());
         assert_eq!(code, 0);
@@ -233,17 +147,18 @@ async fn main() {
 
     // Idle RSS first, before any big transfer has touched guest memory.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let runtime_pid = s.rt.id();
-    let procs = bench.processes();
-    let (runtime_rss, helpers): (Vec<_>, Vec<_>) =
-        procs.iter().partition(|(_, _, pid)| *pid == runtime_pid);
-    let helpers_rss: u64 = helpers.iter().map(|(_, r, _)| r).sum();
+    let runtime_pid = s.rt.id() as i32;
+    let (runtime_rss, helpers): (Vec<_>, Vec<_>) = bench
+        .processes()
+        .into_iter()
+        .partition(|p| p.pid == runtime_pid);
+    let helpers_rss: u64 = helpers.iter().map(|p| p.rss_kib).sum();
     let helper_list = helpers
         .iter()
-        .map(|(n, r, _)| format!("{n} {:.1}", *r as f64 / 1024.0))
+        .map(|p| format!("{} {:.1}", p.program, p.rss_kib as f64 / 1024.0))
         .collect::<Vec<_>>()
         .join(", ");
-    let runtime_rss: u64 = runtime_rss.iter().map(|(_, r, _)| r).sum();
+    let runtime_rss: u64 = runtime_rss.iter().map(|p| p.rss_kib).sum();
 
     let mut warm = Vec::with_capacity(trips);
     for _ in 0..trips {
@@ -266,9 +181,13 @@ async fn main() {
     // the raw transport: same VM, same vhost-device-vsock, no agent or API in between
     let send = bench.volume("/golem/input").join("vsock-send");
     std::fs::copy(&vsock_send, &send).expect("copy vsock-send into the input volume");
-    let listener =
-        tokio::net::UnixListener::bind(bench.scratch().join(format!("vm.vsock_{RAW_PORT}")))
-            .expect("listen for the raw stream");
+    let listener = tokio::net::UnixListener::bind(
+        bench
+            .scratch_dir()
+            .expect("the running VM's scratch dir")
+            .join(format!("vm.vsock_{RAW_PORT}")),
+    )
+    .expect("listen for the raw stream");
     let raw = async {
         let (mut conn, _) = listener.accept().await.expect("vsock-send connects");
         let mut buf = vec![0u8; 1 << 20];
