@@ -41,6 +41,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # The modules init-container needs; their dependencies are added from modules.dep.
 NEEDED_MODULES=(
   virtio_pci virtio_mmio virtio_blk vmw_vsock_virtio_transport virtiofs squashfs overlay virtio_balloon
+  virtio_net
 )
 TARGET=x86_64-unknown-linux-gnu
 # Uncompressed: the faster-booting format of the measurement above.

@@ -4,7 +4,7 @@
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
     /// What is asked.
-    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "request::Body", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub body: Option<request::Body>,
 }
 
@@ -40,6 +40,9 @@ pub mod request {
         /// Mount the ext4 file system of a disk inside the image root (a `storage` volume).
         #[prost(message, tag = "9")]
         MountDisk(super::MountDisk),
+        /// Configure one network card (addresses, MTU, routes) and the name files.
+        #[prost(message, tag = "10")]
+        ConfigureNetwork(super::ConfigureNetwork),
     }
 }
 
@@ -127,6 +130,66 @@ pub struct MountDisk {
     /// file system's own setting).
     #[prost(string, tag = "3")]
     pub errors: String,
+}
+
+/// One network card's configuration, and what the image's name files gain. The card is up
+/// with these addresses, this MTU and these routes once this is answered.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigureNetwork {
+    /// The card's MAC address (6 bytes): the host chose it, and names the card by it.
+    #[prost(bytes = "vec", tag = "1")]
+    pub mac: Vec<u8>,
+    /// The card's MTU.
+    #[prost(uint32, tag = "2")]
+    pub mtu: u32,
+    /// Addresses to add, with their prefix lengths.
+    #[prost(message, repeated, tag = "3")]
+    pub addresses: Vec<IpPrefix>,
+    /// Routes to add through this card.
+    #[prost(message, repeated, tag = "4")]
+    pub routes: Vec<Route>,
+    /// Lines for `/etc/hosts`.
+    #[prost(message, repeated, tag = "5")]
+    pub hosts: Vec<HostEntry>,
+    /// Name servers: when there are any, `/etc/resolv.conf` is replaced with them.
+    #[prost(string, repeated, tag = "6")]
+    pub nameservers: Vec<String>,
+}
+
+/// An IPv4 or IPv6 address and a prefix length.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IpPrefix {
+    /// The address, in its usual text form.
+    #[prost(string, tag = "1")]
+    pub addr: String,
+    /// The prefix length (at most 32 for IPv4, 128 for IPv6).
+    #[prost(uint32, tag = "2")]
+    pub prefix: u32,
+}
+
+/// A route through a gateway.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Route {
+    /// The destination (prefix 0: the default route).
+    #[prost(message, optional, tag = "1")]
+    pub dest: Option<IpPrefix>,
+    /// The gateway's address.
+    #[prost(string, tag = "2")]
+    pub gateway: String,
+    /// The route's metric (0: the kernel's default).
+    #[prost(uint32, tag = "3")]
+    pub metric: u32,
+}
+
+/// One `/etc/hosts` line.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HostEntry {
+    /// The address.
+    #[prost(string, tag = "1")]
+    pub ip: String,
+    /// The name.
+    #[prost(string, tag = "2")]
+    pub name: String,
 }
 
 /// Bytes for a process's stdin.

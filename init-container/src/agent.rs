@@ -391,6 +391,10 @@ impl Agent {
                 Ok(()) => ok,
                 Err(e) => error_response(&e),
             },
+            request::Body::ConfigureNetwork(n) => match crate::network::configure(&self.root, &n) {
+                Ok(()) => ok,
+                Err(e) => error_response(&e),
+            },
             request::Body::MountDisk(m) => {
                 match crate::boot::mount_disk(&m.serial, &m.path, &m.errors) {
                     Ok(()) => ok,

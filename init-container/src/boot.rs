@@ -18,7 +18,7 @@ use nix::unistd::{chown, unlinkat, Gid, Uid, UnlinkatFlags};
 use agent_protocol::boot::{BootParams, Ext4Errors, RootLayer, IMAGE_SERIAL, ROOT_SERIAL};
 
 use crate::error::{Context, InitError, Result};
-use crate::in_root;
+use crate::in_root::{self, WriteMode};
 use crate::log;
 
 /// The image's squashfs, read-only.
@@ -337,37 +337,22 @@ fn hosts_file(host: &str) -> String {
 }
 
 /// Writes `/etc/hostname` and `/etc/hosts` in the root, replacing the image's, as Docker does.
-/// Never through a symlink: the image's `/etc` could otherwise point the init at its own files.
+/// Resolved inside the image root ([`in_root::write_file`]): an image's symlink never points
+/// the init at its own files. An image whose `/etc` is not a directory (in the image) gets
+/// neither.
 fn write_identity_files(root: &Path, host: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let etc = root.join("etc");
-    match fs::symlink_metadata(&etc) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => {
-            log!("/etc in the image is not a directory: /etc/hostname and /etc/hosts not written");
-            return Ok(());
-        }
-        Err(_) => ensure_dir(&etc, 0o755)?,
-    }
+    let root = in_root::open_root(root)?;
     for (name, content) in [
         ("hostname", format!("{host}\n")),
         ("hosts", hosts_file(host)),
     ] {
-        let path = etc.join(name);
-        if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-            fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?;
+        match in_root::write_file(&root, "etc", name, content.as_bytes(), WriteMode::Replace) {
+            // A file, or a symlink to nowhere in the image.
+            Err(e) if e.errno == libc::ENOTDIR || e.errno == libc::ENOENT => {
+                log!("/etc in the image is not a directory: /etc/{name} not written");
+            }
+            other => other?,
         }
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ctx(|| format!("open {}", path.display()))?;
-        f.write_all(content.as_bytes())
-            .ctx(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }
@@ -377,6 +362,7 @@ pub fn boot() -> Result<u32> {
     kernel_filesystems()?;
     let n = crate::modules::load_all(Path::new(crate::modules::MODULES_DIR))?;
     log!("loaded {n} modules");
+    crate::network::loopback_up()?;
     let params = BootParams::parse(&kernel_cmdline())
         .map_err(|e| InitError::invalid(format!("kernel command line: {e}")))?;
     let disk = find_disk(IMAGE_SERIAL)?;
@@ -427,11 +413,16 @@ mod tests {
             hosts_file("vm")
         );
         assert_eq!(fs::read_to_string(&outside).unwrap(), "keep");
-        // /etc itself a symlink: nothing is written through it.
+        // /etc itself an absolute symlink out of the image: it resolves inside the image root,
+        // and nothing is written through it.
         let root2 = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(root.path(), root2.path().join("etc")).unwrap();
         fs::remove_file(etc.join("hostname")).unwrap();
         write_identity_files(root2.path(), "other").unwrap();
         assert!(!etc.join("hostname").exists());
+        // /etc a file: skipped, with a line on the console.
+        let root3 = tempfile::tempdir().unwrap();
+        fs::write(root3.path().join("etc"), "").unwrap();
+        write_identity_files(root3.path(), "other").unwrap();
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::sys::stat::{fstat, fstatat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::error::{Context, InitError, Result};
 
@@ -99,6 +100,60 @@ pub fn read_regular(root: &OwnedFd, rel: &str, max: u64) -> Result<Option<String
     Ok(Some(text))
 }
 
+/// How [`write_file`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The file's content becomes `content`.
+    Replace,
+    /// `content` goes after what the file holds.
+    Append,
+}
+
+/// Writes `content` to the file `name` in the directory `dir` inside the root (the directory is
+/// created when missing). Whatever is at `name` and is not a regular file (a symlink, a FIFO, a
+/// directory left empty) is removed first, so the write never leaves the file and never blocks;
+/// a file made here gets mode 644.
+pub fn write_file(
+    root: &OwnedFd,
+    dir: &str,
+    name: &str,
+    content: &[u8],
+    mode: WriteMode,
+) -> Result<()> {
+    use std::io::Write;
+    let shown = format!("/{dir}/{name}");
+    let dirfd = dir_in(root, dir, true)?;
+    if let Ok(st) = fstatat(&dirfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+        if kind != SFlag::S_IFREG {
+            let how = if kind == SFlag::S_IFDIR {
+                UnlinkatFlags::RemoveDir
+            } else {
+                UnlinkatFlags::NoRemoveDir
+            };
+            unlinkat(&dirfd, name, how).ctx(|| format!("remove {shown}"))?;
+        }
+    }
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC
+        | match mode {
+            WriteMode::Replace => OFlag::O_TRUNC,
+            WriteMode::Append => OFlag::O_APPEND,
+        };
+    let fd = nix::fcntl::openat(&dirfd, name, flags, Mode::from_bits_truncate(0o644))
+        .ctx(|| format!("open {shown}"))?;
+    let st = fstat(&fd).ctx(|| format!("stat {shown}"))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(InitError::invalid(format!("{shown} is not a regular file")));
+    }
+    std::fs::File::from(fd)
+        .write_all(content)
+        .map_err(|e| InitError::io(format!("write {shown}"), &e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +183,29 @@ mod tests {
         assert!(read_regular(&root, "etc/magic", 100).unwrap().is_none());
         assert!(read_regular(&root, "../secret", 100).unwrap().unwrap() == "image\n");
         assert!(read_regular(&root, "etc/none", 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn write_file_appends_or_replaces_and_never_leaves_the_root_or_blocks() {
+        let outer = tempfile::tempdir().unwrap();
+        let root_dir = outer.path().join("root");
+        fs::create_dir_all(root_dir.join("etc")).unwrap();
+        let root = open_root(&root_dir).unwrap();
+        let etc = root_dir.join("etc");
+        // A FIFO in place of the file, and a symlink out of the root.
+        nix::unistd::mkfifo(&etc.join("hosts"), Mode::from_bits_truncate(0o644)).unwrap();
+        fs::write(outer.path().join("outside"), "keep").unwrap();
+        symlink(outer.path().join("outside"), etc.join("resolv.conf")).unwrap();
+        write_file(&root, "etc", "hosts", b"a\n", WriteMode::Append).unwrap();
+        write_file(&root, "etc", "hosts", b"b\n", WriteMode::Append).unwrap();
+        write_file(&root, "etc", "resolv.conf", b"x\n", WriteMode::Replace).unwrap();
+        write_file(&root, "etc", "resolv.conf", b"y\n", WriteMode::Replace).unwrap();
+        assert_eq!(fs::read_to_string(etc.join("hosts")).unwrap(), "a\nb\n");
+        assert_eq!(fs::read_to_string(etc.join("resolv.conf")).unwrap(), "y\n");
+        assert_eq!(
+            fs::read_to_string(outer.path().join("outside")).unwrap(),
+            "keep"
+        );
     }
 
     #[test]

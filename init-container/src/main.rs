@@ -14,6 +14,8 @@ mod error;
 mod in_root;
 mod limits;
 mod modules;
+mod netlink;
+mod network;
 mod process;
 mod spawn;
 mod users;

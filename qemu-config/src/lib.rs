@@ -2,7 +2,7 @@
 //!
 //! Sits between `deploy`'s `deployment.json` and the QEMU process that `start` spawns: a typed
 //! description of one VM ([`VmConfig`]: accelerator, machine, CPUs, memory, kernel and initramfs,
-//! disks, vsock and virtio-fs devices, console) rendered to QEMU's argv by [`VmConfig::to_args`].
+//! disks, vsock, virtio-fs and network devices, console) rendered to QEMU's argv by [`VmConfig::to_args`].
 //! Pure code: no process is started here. [`accel`] chooses the accelerator from what the host
 //! offers.
 
@@ -88,6 +88,29 @@ pub struct FsShare {
     pub tag: String,
 }
 
+/// A virtio-net card and the host socket its frames go through (raw Ethernet frames, no
+/// virtio-net header, both ways).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The guest-visible MAC address.
+    pub mac: [u8; 6],
+    /// The host side.
+    pub backend: NicBackend,
+}
+
+/// The socket behind a [`Nic`], inherited by QEMU under this number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicBackend {
+    /// A connected datagram socket: one datagram per frame (`-netdev dgram`).
+    Datagram(std::os::fd::RawFd),
+    /// A connected stream socket: each frame after its length, 4 bytes big-endian
+    /// (`-netdev stream`).
+    Stream(std::os::fd::RawFd),
+    /// A listening stream socket: QEMU accepts one connection at a time and frames as
+    /// [`NicBackend::Stream`].
+    StreamListener(std::os::fd::RawFd),
+}
+
 /// One VM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmConfig {
@@ -111,6 +134,8 @@ pub struct VmConfig {
     pub vsock: Option<Vsock>,
     /// virtio-fs shares.
     pub shares: Vec<FsShare>,
+    /// Network cards, in order.
+    pub nics: Vec<Nic>,
     /// Where the serial console goes.
     pub console: Console,
     /// A virtio-balloon device with free page reporting: the guest hands the memory it frees

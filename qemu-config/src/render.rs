@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::{ConfigError, Console, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
+use crate::{
+    ConfigError, Console, DiskAccess, Machine, NicBackend, VmConfig, Vsock, MIN_MEMORY_MIB,
+};
 
 /// A value inside a QEMU `key=value,…` option: commas doubled, control characters refused.
 fn opt_value(what: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -183,6 +185,34 @@ impl VmConfig {
             let dev = vhost_user(m, &format!("fs{i}"), "vhost-user-fs", &s.socket, &tag)?;
             push(&dev.each_ref().map(String::as_str));
         }
+        for (i, nic) in self.nics.iter().enumerate() {
+            let backend = match nic.backend {
+                NicBackend::Datagram(fd) => format!("dgram,id=net{i},local.type=fd,local.str={fd}"),
+                NicBackend::Stream(fd) => {
+                    format!("stream,id=net{i},server=off,addr.type=fd,addr.str={fd}")
+                }
+                NicBackend::StreamListener(fd) => {
+                    format!("stream,id=net{i},server=on,addr.type=fd,addr.str={fd}")
+                }
+            };
+            let mac = nic
+                .mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            // No option ROM on PCI: the guest boots from -kernel, never from the network.
+            let rom = match m {
+                Machine::Q35 => ",romfile=",
+                Machine::Microvm => "",
+            };
+            push(&[
+                "-netdev",
+                &backend,
+                "-device",
+                &format!("{},netdev=net{i},mac={mac}{rom}", m.device("virtio-net")),
+            ]);
+        }
         Ok(a)
     }
 }
@@ -220,6 +250,10 @@ mod tests {
                     tag: "vol1".into(),
                 },
             ],
+            nics: vec![Nic {
+                mac: [0x02, 0x59, 0x01, 0xab, 0xcd, 0xef],
+                backend: NicBackend::Datagram(11),
+            }],
             console: Console::File("/run/a/console.log".into()),
             free_page_reporting: false,
         }
@@ -242,7 +276,9 @@ mod tests {
              -device virtio-blk-pci,drive=disk0,serial=image \
              -chardev socket,id=vsock,path=/run/a/vsock.sock -device vhost-user-vsock-pci,chardev=vsock \
              -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-pci,chardev=fs0,tag=vol0 \
-             -chardev socket,id=fs1,path=/run/a/fs1.sock -device vhost-user-fs-pci,chardev=fs1,tag=vol1"
+             -chardev socket,id=fs1,path=/run/a/fs1.sock -device vhost-user-fs-pci,chardev=fs1,tag=vol1 \
+             -netdev dgram,id=net0,local.type=fd,local.str=11 \
+             -device virtio-net-pci,netdev=net0,mac=02:59:01:ab:cd:ef,romfile="
         );
     }
 
@@ -259,6 +295,10 @@ mod tests {
         c.disks[0].access = DiskAccess::Scratch;
         c.disks[0].path = PathBuf::from("/dev/fd/9");
         c.free_page_reporting = true;
+        c.nics.push(Nic {
+            mac: [0x02, 0x59, 0x02, 0, 0, 1],
+            backend: NicBackend::Stream(12),
+        });
         assert_eq!(
             joined(&c),
             "-accel kvm -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
@@ -269,7 +309,11 @@ mod tests {
              -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,werror=report,rerror=report \
              -device virtio-blk-device,drive=disk0,serial=image \
              -device vhost-vsock-device,guest-cid=7 \
-             -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0"
+             -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0 \
+             -netdev dgram,id=net0,local.type=fd,local.str=11 \
+             -device virtio-net-device,netdev=net0,mac=02:59:01:ab:cd:ef \
+             -netdev stream,id=net1,server=off,addr.type=fd,addr.str=12 \
+             -device virtio-net-device,netdev=net1,mac=02:59:02:00:00:01"
         );
     }
 
@@ -300,6 +344,17 @@ mod tests {
         assert!(
             args.contains("-chardev file,id=console,path=/tmp/a,,b/console.log "),
             "{args}"
+        );
+    }
+
+    #[test]
+    fn a_listening_stream_nic() {
+        let mut c = sample(Machine::Q35);
+        c.nics[0].backend = NicBackend::StreamListener(4);
+        assert!(
+            joined(&c).contains("-netdev stream,id=net0,server=on,addr.type=fd,addr.str=4 "),
+            "{}",
+            joined(&c)
         );
     }
 
