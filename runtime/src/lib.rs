@@ -12,5 +12,6 @@ pub mod commands;
 pub mod deploy;
 pub mod deployment;
 pub mod host;
+pub mod network;
 pub mod vm;
 pub mod vm_spec;

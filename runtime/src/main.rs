@@ -13,6 +13,7 @@ use ya_runtime_vm::commands::self_test;
 use ya_runtime_vm::deploy::{self, DeployRequest};
 use ya_runtime_vm::deployment::{Resources, DEPLOYMENT_FILE};
 use ya_runtime_vm::host::runtime_dir::RuntimeDir;
+use ya_runtime_vm::network::{Interface, Transport};
 use ya_runtime_vm::vm::VmOptions;
 
 /// Environment variable with a `tracing` filter for the runtime's logs (default `info`).
@@ -103,7 +104,34 @@ fn deploy_request(cli: &Cli) -> anyhow::Result<DeployRequest> {
     })
 }
 
-fn vm_options(cli: &Cli) -> anyhow::Result<VmOptions> {
+/// The exe-unit's network endpoints (`start` only).
+fn network(cli: &Cli) -> anyhow::Result<Vec<(Interface, Transport)>> {
+    let given = [
+        (Interface::Inet, &cli.inet_endpoint),
+        (Interface::Vpn, &cli.vpn_endpoint),
+    ];
+    given
+        .into_iter()
+        .filter_map(|(i, url)| url.as_ref().map(|u| (i, u)))
+        .map(|(i, url)| {
+            let t: Transport = url.parse().with_context(|| i.flag())?;
+            Ok((i, t))
+        })
+        .collect()
+}
+
+/// Refuses network endpoints for a subcommand that has no use for them.
+fn no_network(cli: &Cli) -> anyhow::Result<()> {
+    if cli.vpn_endpoint.is_some() || cli.inet_endpoint.is_some() {
+        bail!(
+            "{} takes no --vpn-endpoint or --inet-endpoint: only `start` serves networks (the exe-unit's CreateNetwork)",
+            cli.command.name()
+        );
+    }
+    Ok(())
+}
+
+fn vm_options(cli: &Cli, network: Vec<(Interface, Transport)>) -> anyhow::Result<VmOptions> {
     let runtime_dir = RuntimeDir::locate(cli.runtime_dir.as_deref())?;
     let choice = choose_accel(cli.accel, HostProbe::probe()).map_err(anyhow::Error::msg)?;
     if choice.accel == Accel::Tcg && cli.accel != AccelRequest::Tcg {
@@ -115,12 +143,14 @@ fn vm_options(cli: &Cli) -> anyhow::Result<VmOptions> {
         runtime_dir,
         accel: choice.accel,
         vsock: cli.vsock,
+        network,
     })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Deploy { args } => {
+            no_network(&cli)?;
             if !args.is_empty() {
                 bail!("deploy takes no arguments after '--', got {args:?}");
             }
@@ -133,23 +163,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { entrypoint, args } => {
+            no_network(&cli)?;
             let workdir = cli.workdir.clone().context("--workdir is required")?;
             if !workdir.join(DEPLOYMENT_FILE).exists() {
                 deploy::deploy(&deploy_request(&cli)?).await?;
             }
-            let opts = vm_options(&cli)?;
+            let opts = vm_options(&cli, Vec::new())?;
             let code = ya_runtime_vm::commands::run::run(&workdir, &opts, entrypoint, args).await?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
         }
         Command::Start { args } => {
             let start_entrypoint = ya_runtime_vm::commands::start::parse_start_args(args)?;
-            if cli.vpn_endpoint.is_some() || cli.inet_endpoint.is_some() {
-                bail!("networking (--vpn-endpoint, --inet-endpoint) is not supported yet");
-            }
+            let network = network(&cli)?;
             let workdir = cli.workdir.clone().context("--workdir is required")?;
             let status = ya_runtime_vm::commands::start::start(
                 &workdir,
-                &vm_options(&cli)?,
+                &vm_options(&cli, network)?,
                 start_entrypoint,
             )
             .await?;
@@ -159,7 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let started = std::time::Instant::now();
             let mut accel = None;
             let outcome = async {
-                let opts = vm_options(&cli)?;
+                no_network(&cli)?;
+                let opts = vm_options(&cli, Vec::new())?;
                 accel = Some(opts.accel.to_string());
                 self_test::preflight(
                     &opts,

@@ -17,11 +17,13 @@ use tokio::process::Command;
 use crate::agent::{AgentClient, Events};
 use crate::cli::VsockRequest;
 use crate::deployment::Deployment;
+use crate::host::net_socket::{NicInfo, NicSocket};
 use crate::host::output_tail::OutputTail;
 use crate::host::process::{find_tool, inherit_fd, start_helper, Helper, HelperExit};
 use crate::host::runtime_dir::RuntimeDir;
 use crate::host::scratch_disk::create_disks;
 use crate::host::{scratch_dir, virtiofsd, vsock};
+use crate::network::{Interface, Transport};
 use crate::vm_spec::{self, Devices};
 
 /// How long the guest may take from QEMU's start to the agent answering.
@@ -43,6 +45,8 @@ pub struct VmOptions {
     pub accel: Accel,
     /// The vsock transport.
     pub vsock: VsockRequest,
+    /// The exe-unit's network endpoints: one card each.
+    pub network: Vec<(Interface, Transport)>,
 }
 
 /// Where a VM is in its life. [`RunningVm::start`] is the booting; a [`RunningVm`] begins
@@ -81,6 +85,8 @@ pub struct RunningVm {
     owned: Mutex<Option<Owned>>,
     /// The guest console, as far as it is kept.
     console: OutputTail,
+    /// The network cards.
+    nics: Vec<NicInfo>,
     /// The agent.
     pub agent: AgentClient,
 }
@@ -117,6 +123,11 @@ impl RunningVm {
                 helpers.push(start_helper("virtiofsd", &mut cmd, &share.socket).await?);
             }
         }
+        let nic_sockets = opts
+            .network
+            .iter()
+            .map(|&(interface, transport)| NicSocket::open(interface, transport))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let config = vm_spec::vm_config(
             d,
             opts.accel,
@@ -130,6 +141,7 @@ impl RunningVm {
                     .map(|(serial, disk)| (serial.clone(), disk.qemu_path()))
                     .collect(),
                 shares,
+                nics: nic_sockets.iter().map(NicSocket::nic).collect(),
                 console: console
                     .write_fd()
                     .map_or(qemu_config::Console::None, qemu_config::Console::Socket),
@@ -142,6 +154,7 @@ impl RunningVm {
             .iter()
             .map(std::os::fd::AsRawFd::as_raw_fd)
             .chain(disks.iter().map(|(_, disk)| disk.fd()))
+            .chain(nic_sockets.iter().map(NicSocket::fd))
             .chain(console.write_fd());
         for fd in inherited {
             inherit_fd(qemu_cmd.as_std_mut(), fd);
@@ -151,6 +164,10 @@ impl RunningVm {
         // they are gone when it is.
         drop(vsock.inherited.take());
         drop(disks);
+        let nics: Vec<NicInfo> = nic_sockets
+            .into_iter()
+            .map(NicSocket::handed_over)
+            .collect();
         console.handed_over();
         tracing::debug!(
             "QEMU started: {} vCPU, {} MiB, {}",
@@ -192,6 +209,7 @@ impl RunningVm {
                 scratch,
             })),
             console,
+            nics,
             agent,
         };
         let ready = async {
@@ -209,6 +227,11 @@ impl RunningVm {
             return Err(e);
         }
         Ok((vm, events))
+    }
+
+    /// The card carrying `interface`, if the exe-unit gave its endpoint.
+    pub fn nic(&self, interface: Interface) -> Option<&NicInfo> {
+        self.nics.iter().find(|n| n.interface == interface)
     }
 
     /// The guest console so far, on one line: the kernel panic line, or the last lines.

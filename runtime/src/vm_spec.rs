@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use agent_protocol::boot::{self, BootParams};
 use agent_protocol::{MountDisk, MountRam, MountVolume};
-use qemu_config::{Accel, Console, Disk, DiskAccess, FsShare, Machine, VmConfig, Vsock};
+use qemu_config::{Accel, Console, Disk, DiskAccess, FsShare, Machine, Nic, VmConfig, Vsock};
 
 use crate::agent::client::Mount;
 use crate::deployment::Deployment;
@@ -26,6 +26,8 @@ pub struct Devices {
     pub scratch_disks: Vec<(String, PathBuf)>,
     /// One virtio-fs share per host volume, in the deployment's order.
     pub shares: Vec<FsShare>,
+    /// Network cards, one per exe-unit endpoint.
+    pub nics: Vec<Nic>,
     /// Where the console goes.
     pub console: Console,
 }
@@ -74,6 +76,7 @@ pub fn vm_config(
         disks: std::iter::once(image).chain(scratch).collect(),
         vsock: Some(devices.vsock),
         shares: devices.shares,
+        nics: devices.nics,
         console: devices.console,
         free_page_reporting: true,
     })
@@ -164,6 +167,10 @@ mod tests {
                 (boot::storage_serial(0), "/dev/fd/8".into()),
             ],
             shares: shares(&d, scratch),
+            nics: vec![Nic {
+                mac: [2, 0x59, 1, 0xaa, 0xbb, 0xcc],
+                backend: qemu_config::NicBackend::Datagram(10),
+            }],
             console: Console::Socket(9),
         };
         let args = vm_config(
@@ -194,7 +201,9 @@ mod tests {
              -device virtio-blk-pci,drive=disk2,serial=data0 \
              -chardev socket,id=vsock,path=/tmp/yrv-x/vsock.sock -device vhost-user-vsock-pci,chardev=vsock \
              -chardev socket,id=fs0,path=/tmp/yrv-x/fs0.sock -device vhost-user-fs-pci,chardev=fs0,tag=vol0 \
-             -chardev socket,id=fs1,path=/tmp/yrv-x/fs1.sock -device vhost-user-fs-pci,chardev=fs1,tag=vol1"
+             -chardev socket,id=fs1,path=/tmp/yrv-x/fs1.sock -device vhost-user-fs-pci,chardev=fs1,tag=vol1 \
+             -netdev dgram,id=net0,local.type=fd,local.str=10 \
+             -device virtio-net-pci,netdev=net0,mac=02:59:01:aa:bb:cc,romfile="
         );
     }
 

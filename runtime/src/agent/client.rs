@@ -227,6 +227,16 @@ impl AgentClient {
         self.expect_ok(body, "mount", REQUEST_DEADLINE).await
     }
 
+    /// Configures one network card and the name files (answered once the card is up).
+    pub async fn configure_network(
+        &self,
+        config: agent_protocol::ConfigureNetwork,
+    ) -> Result<(), AgentError> {
+        let body = request::Body::ConfigureNetwork(config);
+        self.expect_ok(body, "network configuration", REQUEST_DEADLINE)
+            .await
+    }
+
     /// Asks the guest to end its processes, sync and power off, waiting up to `deadline`.
     pub async fn shutdown(&self, deadline: Duration) -> Result<(), AgentError> {
         let body = request::Body::Shutdown(Empty {});

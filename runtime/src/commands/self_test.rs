@@ -176,6 +176,7 @@ mod tests {
             },
             accel: qemu_config::Accel::Tcg,
             vsock: crate::cli::VsockRequest::Auto,
+            network: Vec::new(),
         };
         let host = HostProbe {
             kvm_device: false,

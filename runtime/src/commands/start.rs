@@ -28,6 +28,8 @@ use crate::api::server::{self, error, Ending, Handler, Outbox};
 use crate::commands::run::process_for;
 use crate::commands::signals::{self, Termination};
 use crate::deployment::Deployment;
+use crate::network::guest_config::guest_config;
+use crate::network::Interface;
 use crate::vm::{RunningVm, VmOptions};
 
 /// The return code of a command whose VM or agent was lost before it ended.
@@ -111,12 +113,34 @@ impl Handler for Service {
 
     async fn create_network(
         &self,
-        _: request::CreateNetwork,
+        req: request::CreateNetwork,
     ) -> Result<response::CreateNetwork, response::Error> {
-        Err(error(
-            response::ErrorCode::BadRequest,
-            "networking (VPN) is not supported yet",
-        ))
+        let bad = |msg: String| error(response::ErrorCode::BadRequest, msg);
+        let interface = Interface::from_api(req.interface).ok_or_else(|| {
+            bad(format!(
+                "CreateNetwork for an unknown interface ({}; 0 is VPN, 1 is INET)",
+                req.interface
+            ))
+        })?;
+        let nic = self.vm.nic(interface).ok_or_else(|| {
+            bad(format!(
+                "CreateNetwork for {}, but the runtime was started without {}",
+                interface.name(),
+                interface.flag()
+            ))
+        })?;
+        let config = guest_config(interface, nic.mac, &req).map_err(|e| bad(format!("{e}")))?;
+        self.check_running()?;
+        // Configured in the guest before the answer: every later command sees the network.
+        self.vm
+            .agent
+            .configure_network(config)
+            .await
+            .map_err(api_error)?;
+        tracing::debug!("{} network configured", interface.name());
+        Ok(response::CreateNetwork {
+            endpoint: Some(nic.endpoint.clone()),
+        })
     }
 }
 

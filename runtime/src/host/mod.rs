@@ -5,6 +5,7 @@
 //! every helper's stderr, and the helper processes themselves (tied to the runtime's life).
 
 pub mod kernel_vsock;
+pub mod net_socket;
 pub mod output_tail;
 pub mod process;
 pub mod runtime_dir;

@@ -1,0 +1,168 @@
+//! Networking end to end, as yagna's exe-unit drives it: `start` with `--vpn-endpoint udp://…`,
+//! then `CreateNetwork`; a test peer on loopback UDP stands where the exe-unit's end of the card
+//! is and answers ARP and ICMP echo as the requestor's stack would.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use test_harness::net_peer::NetPeer;
+use test_harness::proto::response::create_network::Endpoint;
+use test_harness::{finish, pid_of, sh, Activity};
+use ya_runtime_api::server::proto::Network;
+use ya_runtime_api::server::{CreateNetwork, RuntimeControl, RuntimeService};
+
+fn vpn_request(hosts: &[(&str, &str)]) -> CreateNetwork {
+    CreateNetwork {
+        networks: vec![Network {
+            addr: "192.168.0.0".into(),
+            gateway: "192.168.0.1".into(),
+            mask: "255.255.255.0".into(),
+            if_addr: "192.168.0.2".into(),
+        }],
+        hosts: hosts
+            .iter()
+            .map(|(n, i)| (n.to_string(), i.to_string()))
+            .collect(),
+        interface: 0,
+    }
+}
+
+/// Runs `script` in the guest; its stdout, and stderr for failures.
+async fn guest(
+    rt: &impl RuntimeService,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<ya_runtime_api::server::ProcessStatus>,
+    script: &str,
+) -> String {
+    let pid = pid_of(rt, sh(script)).await;
+    let (out, err, code) = finish(events, pid).await;
+    assert_eq!(code, 0, "{script}: {}", String::from_utf8_lossy(&err));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vpn_card_is_configured_before_the_answer_and_carries_the_requestors_traffic() {
+    let peer = NetPeer::start(Ipv4Addr::new(192, 168, 0, 1));
+    let activity = Activity::deploy().await;
+    let url = peer.url();
+    let (rt, mut events) = activity
+        .start_with(&["--vpn-endpoint", &url, "start"])
+        .await;
+
+    // Errors first: the VM goes on after each.
+    let mut inet = vpn_request(&[]);
+    inet.interface = 1;
+    let e = rt.create_network(inet).await.unwrap_err();
+    assert!(e.message.contains("--inet-endpoint"), "{e:?}");
+    let mut unknown = vpn_request(&[]);
+    unknown.interface = 7;
+    let e = rt.create_network(unknown).await.unwrap_err();
+    assert!(e.message.contains("unknown interface (7"), "{e:?}");
+    let mut outside = vpn_request(&[]);
+    outside.networks[0].if_addr = "10.0.0.2".into();
+    let e = rt.create_network(outside).await.unwrap_err();
+    assert!(e.message.contains("outside network"), "{e:?}");
+
+    let reply = rt
+        .create_network(vpn_request(&[("requestor", "192.168.0.1")]))
+        .await
+        .unwrap();
+    let Some(Endpoint::UdpDatagram(ours)) = reply.endpoint else {
+        panic!("{reply:?}")
+    };
+    let ours: SocketAddr = ours.parse().expect("a scheme-less IP:PORT");
+    assert!(ours.ip().is_loopback() && ours.port() != 0);
+
+    // Configured before the answer: the very next command sees it.
+    let out = guest(
+        &rt,
+        &mut events,
+        "ip -o -4 addr show | grep -o '192.168.0.2/24'; \
+         for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = 00:00:00:00:00:00 ] || cat $d/mtu; done; \
+         grep -c '^192.168.0.1\trequestor$' /etc/hosts; grep -c localhost /etc/hosts; \
+         ip route | grep -c '192.168.0.0/24 via 192.168.0.1'",
+    )
+    .await;
+    assert_eq!(out, "192.168.0.2/24\n1220\n1\n2\n1\n");
+    let out = guest(
+        &rt,
+        &mut events,
+        "ping -c 3 -W 5 192.168.0.1 >/dev/null && echo ping; \
+         ping -c 1 -W 5 requestor >/dev/null && echo by-name; \
+         ping -c 1 -W 5 -s 1192 192.168.0.1 >/dev/null && echo 1192; \
+         ping -c 1 -W 3 -s 1193 192.168.0.1 >/dev/null || echo 1193-fragmented",
+    )
+    .await;
+    assert_eq!(out, "ping\nby-name\n1192\n1193-fragmented\n");
+    assert!(peer.stats.arp_answered.load(Ordering::Relaxed) >= 1);
+    assert!(peer.stats.echo_answered.load(Ordering::Relaxed) >= 5);
+    // No frame beyond the MTU, and every frame from the address reported.
+    assert_eq!(peer.stats.largest.load(Ordering::Relaxed), 1220 + 14);
+    assert_eq!(*peer.stats.sender.lock().unwrap(), Some(ours));
+
+    // Garbage, truncated and 64 KiB datagrams into the VM's socket, and a stranger's frames: the
+    // VM goes on and still reaches the peer.
+    for junk in [vec![0xffu8; 64], vec![1u8; 3], vec![0u8; 65_000]] {
+        peer.send_raw(&junk, ours);
+    }
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(&[0xff; 60], ours).unwrap();
+    let out = guest(
+        &rt,
+        &mut events,
+        "ping -c 1 -W 5 192.168.0.1 >/dev/null && echo ping",
+    )
+    .await;
+    assert_eq!(out, "ping\n");
+
+    // The exe-unit's socket closing: the VM and the runtime go on.
+    drop(peer);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = guest(
+        &rt,
+        &mut events,
+        "ping -c 1 -W 1 192.168.0.1 >/dev/null || echo gone; echo alive",
+    )
+    .await;
+    assert_eq!(out, "gone\nalive\n");
+
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_are_refused_where_they_mean_nothing_or_cannot_work() {
+    let activity = Activity::deploy().await;
+    for (args, needle) in [
+        (
+            vec!["--vpn-endpoint", "unix:///tmp/x.sock", "start"],
+            "--vpn-endpoint: unix:// endpoints are not supported",
+        ),
+        (
+            vec!["--inet-endpoint", "udp://10.1.2.3:9", "start"],
+            "--inet-endpoint: 10.1.2.3:9 is not a loopback address",
+        ),
+        (
+            vec![
+                "--vpn-endpoint",
+                "udp://127.0.0.1:9",
+                "run",
+                "--entrypoint",
+                "/bin/true",
+            ],
+            "run takes no --vpn-endpoint or --inet-endpoint",
+        ),
+        (
+            vec!["--inet-endpoint", "udp://127.0.0.1:9", "deploy", "--"],
+            "deploy takes no --vpn-endpoint or --inet-endpoint",
+        ),
+    ] {
+        let out = activity.command().args(&args).output().await.unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(activity.leftovers().await.is_empty());
+}
