@@ -245,6 +245,7 @@ pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<S
         disks: Vec::new(),
         vsock: None,
         shares: Vec::new(),
+        nics: Vec::new(),
         console: Console::File(d.join("console.log")),
         free_page_reporting: false,
     };
