@@ -88,27 +88,15 @@ pub struct FsShare {
     pub tag: String,
 }
 
-/// A virtio-net card and the host socket its frames go through (raw Ethernet frames, no
-/// virtio-net header, both ways).
+/// A virtio-net card on a host datagram socket QEMU inherits: one datagram is one raw Ethernet
+/// frame (no virtio-net header), both ways (`-netdev dgram`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     /// The guest-visible MAC address.
     pub mac: [u8; 6],
-    /// The host side.
-    pub backend: NicBackend,
-}
-
-/// The socket behind a [`Nic`], inherited by QEMU under this number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NicBackend {
-    /// A connected datagram socket: one datagram per frame (`-netdev dgram`).
-    Datagram(std::os::fd::RawFd),
-    /// A connected stream socket: each frame after its length, 4 bytes big-endian
-    /// (`-netdev stream`).
-    Stream(std::os::fd::RawFd),
-    /// A listening stream socket: QEMU accepts one connection at a time and frames as
-    /// [`NicBackend::Stream`].
-    StreamListener(std::os::fd::RawFd),
+    /// The connected datagram socket (a UDP socket, or one end of a socket pair), under this
+    /// number in QEMU.
+    pub socket: std::os::fd::RawFd,
 }
 
 /// One VM.

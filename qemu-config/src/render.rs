@@ -3,9 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::{
-    ConfigError, Console, DiskAccess, Machine, NicBackend, VmConfig, Vsock, MIN_MEMORY_MIB,
-};
+use crate::{ConfigError, Console, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
 
 /// A value inside a QEMU `key=value,…` option: commas doubled, control characters refused.
 fn opt_value(what: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -186,15 +184,7 @@ impl VmConfig {
             push(&dev.each_ref().map(String::as_str));
         }
         for (i, nic) in self.nics.iter().enumerate() {
-            let backend = match nic.backend {
-                NicBackend::Datagram(fd) => format!("dgram,id=net{i},local.type=fd,local.str={fd}"),
-                NicBackend::Stream(fd) => {
-                    format!("stream,id=net{i},server=off,addr.type=fd,addr.str={fd}")
-                }
-                NicBackend::StreamListener(fd) => {
-                    format!("stream,id=net{i},server=on,addr.type=fd,addr.str={fd}")
-                }
-            };
+            let backend = format!("dgram,id=net{i},local.type=fd,local.str={}", nic.socket);
             let mac = nic
                 .mac
                 .iter()
@@ -252,7 +242,7 @@ mod tests {
             ],
             nics: vec![Nic {
                 mac: [0x02, 0x59, 0x01, 0xab, 0xcd, 0xef],
-                backend: NicBackend::Datagram(11),
+                socket: 11,
             }],
             console: Console::File("/run/a/console.log".into()),
             free_page_reporting: false,
@@ -297,7 +287,7 @@ mod tests {
         c.free_page_reporting = true;
         c.nics.push(Nic {
             mac: [0x02, 0x59, 0x02, 0, 0, 1],
-            backend: NicBackend::Stream(12),
+            socket: 12,
         });
         assert_eq!(
             joined(&c),
@@ -312,7 +302,7 @@ mod tests {
              -chardev socket,id=fs0,path=/run/a/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0 \
              -netdev dgram,id=net0,local.type=fd,local.str=11 \
              -device virtio-net-device,netdev=net0,mac=02:59:01:ab:cd:ef \
-             -netdev stream,id=net1,server=off,addr.type=fd,addr.str=12 \
+             -netdev dgram,id=net1,local.type=fd,local.str=12 \
              -device virtio-net-device,netdev=net1,mac=02:59:02:00:00:01"
         );
     }
@@ -344,17 +334,6 @@ mod tests {
         assert!(
             args.contains("-chardev file,id=console,path=/tmp/a,,b/console.log "),
             "{args}"
-        );
-    }
-
-    #[test]
-    fn a_listening_stream_nic() {
-        let mut c = sample(Machine::Q35);
-        c.nics[0].backend = NicBackend::StreamListener(4);
-        assert!(
-            joined(&c).contains("-netdev stream,id=net0,server=on,addr.type=fd,addr.str=4 "),
-            "{}",
-            joined(&c)
         );
     }
 

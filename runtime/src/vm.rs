@@ -17,6 +17,7 @@ use tokio::process::Command;
 use crate::agent::{AgentClient, Events};
 use crate::cli::VsockRequest;
 use crate::deployment::Deployment;
+use crate::host::frame_relay::FrameRelay;
 use crate::host::net_socket::{NicInfo, NicSocket};
 use crate::host::output_tail::OutputTail;
 use crate::host::process::{find_tool, inherit_fd, start_helper, Helper, HelperExit};
@@ -65,6 +66,8 @@ pub enum State {
 struct Owned {
     qemu: Helper,
     helpers: Vec<Helper>,
+    /// The network cards' frame relays.
+    relays: Vec<FrameRelay>,
     scratch: tempfile::TempDir,
 }
 
@@ -164,10 +167,12 @@ impl RunningVm {
         // they are gone when it is.
         drop(vsock.inherited.take());
         drop(disks);
-        let nics: Vec<NicInfo> = nic_sockets
+        let (nics, relays): (Vec<NicInfo>, Vec<FrameRelay>) = nic_sockets
             .into_iter()
             .map(NicSocket::handed_over)
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
         console.handed_over();
         tracing::debug!(
             "QEMU started: {} vCPU, {} MiB, {}",
@@ -206,6 +211,7 @@ impl RunningVm {
             owned: Mutex::new(Some(Owned {
                 qemu,
                 helpers,
+                relays,
                 scratch,
             })),
             console,
@@ -296,6 +302,7 @@ impl RunningVm {
         if let Some(Owned {
             mut qemu,
             helpers,
+            relays,
             scratch,
         }) = taken
         {
@@ -311,6 +318,7 @@ impl RunningVm {
                 tracing::warn!("the guest did not power off in time; killing QEMU");
             }
             qemu.stop().await;
+            drop(relays);
             for h in helpers {
                 h.stop().await;
             }

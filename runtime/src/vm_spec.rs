@@ -169,7 +169,7 @@ mod tests {
             shares: shares(&d, scratch),
             nics: vec![Nic {
                 mac: [2, 0x59, 1, 0xaa, 0xbb, 0xcc],
-                backend: qemu_config::NicBackend::Datagram(10),
+                socket: 10,
             }],
             console: Console::Socket(9),
         };

@@ -100,9 +100,10 @@ async fn a_vpn_card_is_configured_before_the_answer_and_carries_the_requestors_t
     assert_eq!(peer.stats.largest.load(Ordering::Relaxed), 1220 + 14);
     assert_eq!(*peer.stats.sender.lock().unwrap(), Some(ours));
 
-    // Garbage, truncated and 64 KiB datagrams into the VM's socket, and a stranger's frames: the
-    // VM goes on and still reaches the peer.
-    for junk in [vec![0xffu8; 64], vec![1u8; 3], vec![0u8; 65_000]] {
+    // Garbage, truncated, 64 KiB and empty datagrams into the VM's socket (QEMU alone would stop
+    // reading at an empty one), and a stranger's frames: the VM goes on and still reaches the
+    // peer.
+    for junk in [vec![0xffu8; 64], vec![1u8; 3], vec![0u8; 65_000], vec![]] {
         peer.send_raw(&junk, ours);
     }
     let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -164,5 +165,58 @@ async fn endpoints_are_refused_where_they_mean_nothing_or_cannot_work() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inet_only_start_over_a_tcp_endpoint_gets_its_address_route_and_resolvers() {
+    // The exe-unit's INET stack stands at the gateway; frames go over TCP, each after its length.
+    let peer = NetPeer::start_stream(Ipv4Addr::new(10, 42, 42, 1));
+    let activity = Activity::deploy().await;
+    let url = peer.url();
+    let (rt, mut events) = activity
+        .start_with(&["--inet-endpoint", &url, "start"])
+        .await;
+    let e = rt.create_network(vpn_request(&[])).await.unwrap_err();
+    assert!(e.message.contains("--vpn-endpoint"), "{e:?}");
+    let reply = rt
+        .create_network(CreateNetwork {
+            networks: vec![Network {
+                addr: "10.42.42.1".into(),
+                gateway: "10.42.42.1".into(),
+                mask: "255.255.255.0".into(),
+                if_addr: "10.42.42.2".into(),
+            }],
+            hosts: Default::default(),
+            interface: 1,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply.endpoint, Some(Endpoint::TcpStream(_))),
+        "{reply:?}"
+    );
+    let out = guest(
+        &rt,
+        &mut events,
+        "ip -o -4 addr show | grep -o '10.42.42.2/24'; \
+         for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = 00:00:00:00:00:00 ] || cat $d/mtu; done; \
+         ip route | grep '^default'; cat /etc/resolv.conf; \
+         ping -c 2 -W 5 10.42.42.1 >/dev/null && echo ping; \
+         ping -c 1 -W 5 -s 60000 10.42.42.1 >/dev/null && echo big-ping",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "10.42.42.2/24\n65266\ndefault via 10.42.42.1 dev eth0 \n\
+         nameserver 1.1.1.1\nnameserver 8.8.8.8\nping\nbig-ping\n"
+    );
+    // One frame of 60000 bytes of ICMP data: no fragmentation on INET's MTU.
+    assert_eq!(
+        peer.stats.largest.load(Ordering::Relaxed),
+        14 + 20 + 8 + 60_000
+    );
+    rt.shutdown().await.unwrap();
+    assert_eq!(rt.stopped().await, 0);
     assert!(activity.leftovers().await.is_empty());
 }

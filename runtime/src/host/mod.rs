@@ -4,6 +4,7 @@
 //! vhost-device-vsock), one virtiofsd per host volume, the bounded tails of the console and of
 //! every helper's stderr, and the helper processes themselves (tied to the runtime's life).
 
+pub mod frame_relay;
 pub mod kernel_vsock;
 pub mod net_socket;
 pub mod output_tail;

@@ -1,22 +1,33 @@
-//! The host end of each network card: a socket made by the runtime and inherited by QEMU, so
-//! that no port is probed and released (another process could take it in between) and the
-//! address reported to the exe-unit is the one bound. A UDP socket is bound on the loopback and
-//! connected to the exe-unit's: only its datagrams reach the VM.
+//! The host end of each network card. The runtime makes the exe-unit's side itself, so that no
+//! port is probed and released (another process could take it in between) and the address
+//! reported to the exe-unit is the one bound: a UDP socket bound on the loopback and connected
+//! to the exe-unit's (only its datagrams are taken), a TCP connection, or a TCP listener. QEMU
+//! gets one end of a datagram socket pair, and [`super::frame_relay`] carries the frames
+//! between the two once QEMU runs.
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use anyhow::Context;
-use qemu_config::NicBackend;
 
+use super::frame_relay::{ExeUnitSide, FrameRelay};
 use crate::api::proto::response::create_network::Endpoint;
 use crate::network::{Interface, Transport};
 
 /// How long connecting to a `tcp-connect://` endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One card's host socket, until QEMU has inherited it.
+/// The exe-unit's side of a card, as made here (before the async runtime takes it).
+#[derive(Debug)]
+enum Side {
+    Datagram(UdpSocket),
+    Stream(TcpStream),
+    Listener(TcpListener),
+}
+
+/// One card's sockets, until QEMU has inherited its end.
 #[derive(Debug)]
 pub struct NicSocket {
     /// The network it carries.
@@ -25,8 +36,11 @@ pub struct NicSocket {
     pub mac: [u8; 6],
     /// What the runtime API reports for it.
     pub endpoint: Endpoint,
-    socket: OwnedFd,
-    backend: fn(RawFd) -> NicBackend,
+    side: Side,
+    /// The runtime's end of QEMU's socket pair.
+    relay_end: UnixDatagram,
+    /// QEMU's end.
+    qemu_end: UnixDatagram,
 }
 
 /// A socket address on the loopback of `peer`'s family, any port.
@@ -57,72 +71,80 @@ impl NicSocket {
     /// Makes the socket for `interface` over `transport`.
     pub fn open(interface: Interface, transport: Transport) -> anyhow::Result<Self> {
         let flag = interface.flag();
-        let (socket, endpoint, backend): (OwnedFd, Endpoint, fn(RawFd) -> NicBackend) =
-            match transport {
-                Transport::Udp(peer) => {
-                    let s = UdpSocket::bind(loopback_any(peer))
-                        .with_context(|| format!("{flag}: cannot bind a UDP socket"))?;
-                    s.connect(peer)
-                        .with_context(|| format!("{flag}: cannot connect to {peer}"))?;
-                    let local = s.local_addr()?;
-                    (
-                        s.into(),
-                        Endpoint::UdpDatagram(local.to_string()),
-                        NicBackend::Datagram,
-                    )
-                }
-                Transport::TcpConnect(peer) => {
-                    let s = TcpStream::connect_timeout(&peer, CONNECT_TIMEOUT)
-                        .with_context(|| format!("{flag}: cannot connect to {peer}"))?;
-                    s.set_nodelay(true)?;
-                    let local = s.local_addr()?;
-                    (
-                        s.into(),
-                        Endpoint::TcpStream(local.to_string()),
-                        NicBackend::Stream,
-                    )
-                }
-                Transport::TcpListen(at) => {
-                    let s = TcpListener::bind(at)
-                        .with_context(|| format!("{flag}: cannot listen on {at}"))?;
-                    let local = s.local_addr()?;
-                    (
-                        s.into(),
-                        Endpoint::TcpStream(local.to_string()),
-                        NicBackend::StreamListener,
-                    )
-                }
-            };
+        let (side, endpoint) = match transport {
+            Transport::Udp(peer) => {
+                let s = UdpSocket::bind(loopback_any(peer))
+                    .with_context(|| format!("{flag}: cannot bind a UDP socket"))?;
+                s.connect(peer)
+                    .with_context(|| format!("{flag}: cannot connect to {peer}"))?;
+                let local = s.local_addr()?;
+                (Side::Datagram(s), Endpoint::UdpDatagram(local.to_string()))
+            }
+            Transport::TcpConnect(peer) => {
+                let s = TcpStream::connect_timeout(&peer, CONNECT_TIMEOUT)
+                    .with_context(|| format!("{flag}: cannot connect to {peer}"))?;
+                let local = s.local_addr()?;
+                (Side::Stream(s), Endpoint::TcpStream(local.to_string()))
+            }
+            Transport::TcpListen(at) => {
+                let s = TcpListener::bind(at)
+                    .with_context(|| format!("{flag}: cannot listen on {at}"))?;
+                let local = s.local_addr()?;
+                (Side::Listener(s), Endpoint::TcpStream(local.to_string()))
+            }
+        };
+        let (relay_end, qemu_end) =
+            UnixDatagram::pair().context("cannot make a socket pair for a network card")?;
         tracing::debug!("{} card: {endpoint:?}", interface.name());
         Ok(Self {
             interface,
             mac: interface.mac(unique()),
             endpoint,
-            socket,
-            backend,
+            side,
+            relay_end,
+            qemu_end,
         })
     }
 
-    /// The card QEMU makes on this socket.
+    /// The card QEMU makes on its end of the socket pair.
     pub fn nic(&self) -> qemu_config::Nic {
         qemu_config::Nic {
             mac: self.mac,
-            backend: (self.backend)(self.socket.as_raw_fd()),
+            socket: self.qemu_end.as_raw_fd(),
         }
     }
 
     /// The descriptor QEMU inherits (close-on-exec here).
     pub fn fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+        self.qemu_end.as_raw_fd()
     }
 
-    /// What is kept once QEMU holds the socket (this process's copy is closed).
-    pub fn handed_over(self) -> NicInfo {
-        NicInfo {
+    /// Once QEMU holds its end: closes this process's copy of it, starts relaying frames, and
+    /// returns what is kept of the card.
+    pub fn handed_over(self) -> anyhow::Result<(NicInfo, FrameRelay)> {
+        drop(self.qemu_end);
+        let side = match self.side {
+            Side::Datagram(s) => {
+                s.set_nonblocking(true)?;
+                ExeUnitSide::Datagram(tokio::net::UdpSocket::from_std(s)?)
+            }
+            Side::Stream(s) => {
+                s.set_nonblocking(true)?;
+                ExeUnitSide::Stream(tokio::net::TcpStream::from_std(s)?)
+            }
+            Side::Listener(s) => {
+                s.set_nonblocking(true)?;
+                ExeUnitSide::Listener(tokio::net::TcpListener::from_std(s)?)
+            }
+        };
+        self.relay_end.set_nonblocking(true)?;
+        let vm = tokio::net::UnixDatagram::from_std(self.relay_end)?;
+        let info = NicInfo {
             interface: self.interface,
             mac: self.mac,
             endpoint: self.endpoint,
-        }
+        };
+        Ok((info, FrameRelay::start(side, vm)))
     }
 }
 
@@ -141,8 +163,8 @@ pub struct NicInfo {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_udp_card_reports_its_bound_address_and_hears_only_its_peer() {
+    #[tokio::test]
+    async fn a_udp_card_reports_its_bound_address_and_hears_only_its_peer() {
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         let nic =
             NicSocket::open(Interface::Vpn, Transport::Udp(peer.local_addr().unwrap())).unwrap();
@@ -151,17 +173,21 @@ mod tests {
         };
         let addr: SocketAddr = addr.parse().unwrap();
         assert!(addr.ip().is_loopback() && addr.port() != 0);
-        assert!(matches!(nic.nic().backend, NicBackend::Datagram(_)));
-        let ours = UdpSocket::from(nic.socket.try_clone().unwrap());
-        ours.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+        let qemu = nic.qemu_end.try_clone().unwrap();
+        qemu.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (_info, _relay) = nic.handed_over().unwrap();
         // A stranger's datagram is dropped; the peer's arrives.
         let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
         stranger.send_to(b"no", addr).unwrap();
         peer.send_to(b"frame", addr).unwrap();
-        let mut buf = [0u8; 16];
-        let n = ours.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"frame");
+        let got = tokio::task::spawn_blocking(move || {
+            let mut buf = [0u8; 16];
+            let n = qemu.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, b"frame");
     }
 
     #[test]

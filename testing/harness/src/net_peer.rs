@@ -1,5 +1,5 @@
-//! A network peer on loopback UDP, standing where the exe-unit's end of a VM's card is: one
-//! datagram is one Ethernet frame. It answers ARP requests and ICMP echo requests for its own
+//! A network peer on loopback UDP (one datagram, one Ethernet frame) or TCP (each frame after
+//! its length), standing where the exe-unit's end of a VM's card is. It answers ARP requests and ICMP echo requests for its own
 //! address as the requestor's stack would (MAC `a0:13:<its IPv4 address>`), and counts what it
 //! sees, so a test can tell what the guest sent.
 
@@ -34,7 +34,10 @@ pub struct NetPeer {
     pub stats: Arc<PeerStats>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    socket: UdpSocket,
+    /// The UDP socket, for [`NetPeer::send_raw`] (a UDP peer only).
+    udp: Option<UdpSocket>,
+    /// `udp` or `tcp-connect`.
+    scheme: &'static str,
 }
 
 impl Drop for NetPeer {
@@ -124,6 +127,23 @@ pub fn answer(frame: &[u8], ip: Ipv4Addr) -> Option<Vec<u8>> {
     None
 }
 
+/// Counts `frame` (from `from`) and returns the peer's answer to it, if any.
+fn serve(st: &PeerStats, frame: &[u8], from: Option<SocketAddr>, ip: Ipv4Addr) -> Option<Vec<u8>> {
+    st.frames.fetch_add(1, Ordering::Relaxed);
+    st.largest.fetch_max(frame.len(), Ordering::Relaxed);
+    if let (Some(from), Ok(mut s)) = (from, st.sender.lock()) {
+        *s = Some(from);
+    }
+    let reply = answer(frame, ip)?;
+    let counter = if reply[12..14] == ETH_ARP {
+        &st.arp_answered
+    } else {
+        &st.echo_answered
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    Some(reply)
+}
+
 impl NetPeer {
     /// A peer at `ip` on a fresh loopback UDP socket. It answers whoever sent the frame.
     pub fn start(ip: Ipv4Addr) -> Self {
@@ -142,18 +162,7 @@ impl NetPeer {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else {
                     continue;
                 };
-                st.frames.fetch_add(1, Ordering::Relaxed);
-                st.largest.fetch_max(n, Ordering::Relaxed);
-                if let Ok(mut s) = st.sender.lock() {
-                    *s = Some(from);
-                }
-                if let Some(reply) = answer(&buf[..n], ip) {
-                    let counter = if reply[12..14] == ETH_ARP {
-                        &st.arp_answered
-                    } else {
-                        &st.echo_answered
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+                if let Some(reply) = serve(&st, &buf[..n], Some(from), ip) {
                     let _ = socket.send_to(&reply, from);
                 }
             }
@@ -163,18 +172,82 @@ impl NetPeer {
             stats,
             stop,
             thread: Some(thread),
-            socket: sender,
+            udp: Some(sender),
+            scheme: "udp",
         }
     }
 
-    /// Sends raw bytes from the peer's socket to `to`.
-    pub fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
-        let _ = self.socket.send_to(bytes, to);
+    /// A peer at `ip` that listens on loopback TCP for one connection at a time and takes each
+    /// frame after its length (4 bytes, big-endian), for `tcp-connect://`.
+    pub fn start_stream(ip: Ipv4Addr) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the peer");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(PeerStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (stats.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                let Ok((mut conn, from)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+                let mut pending = Vec::new();
+                let mut chunk = vec![0u8; 70_000];
+                while !sp.load(Ordering::Relaxed) {
+                    match conn.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            continue
+                        }
+                        Err(_) => break,
+                    }
+                    while pending.len() >= 4 {
+                        let len =
+                            u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]])
+                                as usize;
+                        if pending.len() < 4 + len {
+                            break;
+                        }
+                        let frame: Vec<u8> = pending.drain(..4 + len).skip(4).collect();
+                        if let Some(reply) = serve(&st, &frame, Some(from), ip) {
+                            let mut out = (reply.len() as u32).to_be_bytes().to_vec();
+                            out.extend_from_slice(&reply);
+                            let _ = conn.write_all(&out);
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            stats,
+            stop,
+            thread: Some(thread),
+            udp: None,
+            scheme: "tcp-connect",
+        }
     }
 
-    /// `udp://ADDR`, for `--vpn-endpoint` or `--inet-endpoint`.
+    /// Sends raw bytes from the peer's UDP socket to `to`.
+    pub fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
+        if let Some(s) = &self.udp {
+            let _ = s.send_to(bytes, to);
+        }
+    }
+
+    /// The endpoint URL for `--vpn-endpoint` or `--inet-endpoint`.
     pub fn url(&self) -> String {
-        format!("udp://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
