@@ -1,12 +1,16 @@
 //! `ya-runtime-vm start` driven through ya-runtime-api 0.7.0's own client, as the exe-unit
-//! drives it: hello, RunProcess with events, state across processes, work_dir, env, volumes,
+//! drives it: hello, CreateNetwork for INET and the VPN, RunProcess with events, state across processes, work_dir, env, volumes,
 //! kill, shutdown; and every other way the runtime ends (stdin closed, SIGTERM, SIGKILL, QEMU
 //! dying, a runtime dir without a kernel) leaving no process and no socket behind.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use test_harness::net_peer::NetPeer;
+use test_harness::proto::response::create_network::Endpoint;
 use test_harness::{finish, run, sample_with_config, Activity};
-use ya_runtime_api::server::{KillProcess, RuntimeControl, RuntimeService};
+use ya_runtime_api::server::proto::Network;
+use ya_runtime_api::server::{CreateNetwork, KillProcess, RuntimeControl, RuntimeService};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exe_units_conversation() {
@@ -16,7 +20,71 @@ async fn the_exe_units_conversation() {
         "from the host\n",
     )
     .unwrap();
-    let (rt, mut events) = activity.start().await;
+    // The exe-unit binds one UDP socket per network the agreement grants and names them before
+    // `start`; after Hello come INET's CreateNetwork, then the VPN's.
+    let inet_peer = NetPeer::start(Ipv4Addr::new(10, 42, 42, 1));
+    let vpn_peer = NetPeer::start(Ipv4Addr::new(192, 168, 0, 1));
+    let (inet_url, vpn_url) = (inet_peer.url(), vpn_peer.url());
+    let (rt, mut events) = activity
+        .start_with(&[
+            "--vpn-endpoint",
+            &vpn_url,
+            "--inet-endpoint",
+            &inet_url,
+            "start",
+        ])
+        .await;
+    for (interface, net, gw, ip, hosts) in [
+        (1, "10.42.42.1", "10.42.42.1", "10.42.42.2", vec![]),
+        (
+            0,
+            "192.168.0.0",
+            "",
+            "192.168.0.2",
+            vec![("requestor", "192.168.0.1")],
+        ),
+    ] {
+        let reply = rt
+            .create_network(CreateNetwork {
+                networks: vec![Network {
+                    addr: net.into(),
+                    gateway: gw.into(),
+                    mask: "255.255.255.0".into(),
+                    if_addr: ip.into(),
+                }],
+                hosts: hosts
+                    .into_iter()
+                    .map(|(n, i)| (n.to_string(), i.to_string()))
+                    .collect(),
+                interface,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(reply.endpoint, Some(Endpoint::UdpDatagram(_))),
+            "{reply:?}"
+        );
+    }
+    let pid = rt
+        .run_process(run(
+            "/bin/sh",
+            &[
+                "sh",
+                "-c",
+                "ping -c 1 -W 5 10.42.42.1 >/dev/null && ping -c 1 -W 5 requestor >/dev/null && \
+                 ip route | grep -c -e '^default via 10.42.42.1' -e '^192.168.0.0/24 dev'",
+            ],
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("2\n", 0),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
 
     // echo, exact bytes, both streams
     let pid = rt
