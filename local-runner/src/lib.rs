@@ -7,6 +7,8 @@
 
 pub mod script;
 pub mod transfer;
+pub mod vpn_frames;
+pub mod vpn_switch;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;

@@ -6,12 +6,21 @@
 //! transfers through the volume directories ([`transfer`]), streams each command's output, and
 //! stops at the first failure with a non-zero status.
 //!
+//! Given several scripts, it runs one activity per script at once (each script's output lines
+//! prefixed with its name). Scripts whose `deploy` has a `net` join one local VPN
+//! ([`local_runner::vpn_switch`]): each runtime gets `--vpn-endpoint`, and after `Hello` a VPN
+//! `CreateNetwork` with the script's networks and `hosts`, as the exe-unit sends it.
+//!
 //! ```sh
 //! ya-exescript --package image.gvmi examples/hello.json
+//! ya-exescript --package image.gvmi examples/vpn/server.json examples/vpn/client.json
 //! ```
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -21,9 +30,13 @@ use tokio::sync::mpsc;
 use ya_runtime_api::deploy::DeployResult;
 use ya_runtime_api::server::{spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
 
-use local_runner::script::{self, Command};
+use local_runner::script::{self, Command, Net};
 use local_runner::transfer::{self, Volume};
+use local_runner::vpn_switch::VpnSwitch;
 use local_runner::ChannelEvents;
+use ya_runtime_api::server::proto::response::create_network::Endpoint;
+use ya_runtime_api::server::proto::Network;
+use ya_runtime_api::server::CreateNetwork;
 
 /// How long the VM may take to boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -34,8 +47,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Parser)]
 #[command(name = "ya-exescript", version)]
 struct Args {
-    /// The ExeScript (a JSON list of commands).
-    script: PathBuf,
+    /// The ExeScript (a JSON list of commands); several run as several activities at once.
+    #[arg(required = true)]
+    scripts: Vec<PathBuf>,
     /// The task package: a .gvmi path or any reference ya-runtime-vm accepts.
     #[arg(long)]
     package: String,
@@ -59,12 +73,19 @@ impl<T: RuntimeService + RuntimeControl> Runtime for T {}
 
 /// The activity being driven.
 struct Activity {
-    args: Args,
+    args: Arc<Args>,
     runtime: PathBuf,
     workdir: PathBuf,
     data_dir: PathBuf,
     volumes: Vec<Volume>,
     started: Option<(Box<dyn Runtime>, mpsc::UnboundedReceiver<ProcessStatus>)>,
+    /// What starts each output line (several activities at once), or nothing.
+    prefix: Option<String>,
+    /// The local VPN and this activity's port on it, when its script joins one.
+    vpn: Option<(Arc<VpnSwitch>, usize)>,
+    /// `deploy`'s networks and names.
+    net: Vec<Net>,
+    hosts: BTreeMap<String, String>,
 }
 
 impl Activity {
@@ -78,6 +99,48 @@ impl Activity {
         c
     }
 
+    /// The VPN `CreateNetwork` of `deploy.net`, as the exe-unit sends it; then the switch
+    /// learns where the VM is.
+    async fn create_vpn(&self, rt: &dyn Runtime) -> anyhow::Result<()> {
+        let Some((switch, port)) = &self.vpn else {
+            return Ok(());
+        };
+        let networks = self
+            .net
+            .iter()
+            .map(|n| Network {
+                addr: n.ip.clone(),
+                gateway: n.gateway.clone().unwrap_or_default(),
+                mask: n.mask.clone().unwrap_or_else(|| "255.255.255.0".into()),
+                if_addr: n.node_ip.clone(),
+            })
+            .collect();
+        let reply = rt
+            .create_network(CreateNetwork {
+                networks,
+                hosts: self.hosts.clone().into_iter().collect(),
+                interface: 0,
+            })
+            .await
+            .map_err(|e| anyhow!("CreateNetwork: {}", e.message))?;
+        let Some(Endpoint::UdpDatagram(addr)) = reply.endpoint else {
+            bail!("CreateNetwork: the runtime answered no UDP endpoint");
+        };
+        let vm = addr
+            .parse()
+            .with_context(|| format!("CreateNetwork: {addr:?} is not an address"))?;
+        let ips = |f: &dyn Fn(&Net) -> Option<String>| -> Vec<Ipv4Addr> {
+            self.net.iter().filter_map(|n| f(n)?.parse().ok()).collect()
+        };
+        switch.attach(
+            *port,
+            vm,
+            &ips(&|n| Some(n.node_ip.clone())),
+            &ips(&|n| n.gateway.clone()),
+        );
+        Ok(())
+    }
+
     async fn execute(&mut self, cmd: &Command) -> anyhow::Result<()> {
         match cmd {
             Command::Deploy(d) => {
@@ -88,6 +151,8 @@ impl Activity {
                 if let Some(v) = &d.volumes {
                     c.arg("--volume-override").arg(v.to_string());
                 }
+                self.net = d.net.clone();
+                self.hosts = d.hosts.clone();
                 let out = c
                     .args(["deploy", "--"])
                     .stderr(std::process::Stdio::inherit())
@@ -113,6 +178,9 @@ impl Activity {
                     bail!("the activity is already started");
                 }
                 let mut c = self.command();
+                if let (Some((switch, port)), false) = (&self.vpn, self.net.is_empty()) {
+                    c.arg("--vpn-endpoint").arg(switch.url(*port)?);
+                }
                 c.arg("start").args(&s.args);
                 let (tx, rx) = mpsc::unbounded_channel();
                 let rt = spawn(c, ChannelEvents(tx))
@@ -122,6 +190,9 @@ impl Activity {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => bail!("start failed: {}", e.message),
                     Err(_) => bail!("the VM did not start within {BOOT_TIMEOUT:?}"),
+                }
+                if !self.net.is_empty() {
+                    self.create_vpn(&rt).await?;
                 }
                 self.started = Some((Box::new(rt), rx));
             }
@@ -141,7 +212,7 @@ impl Activity {
                     .await
                     .map_err(|e| anyhow!("run {}: {}", r.entry_point, e.message))?
                     .pid;
-                let code = stream(events, pid).await?;
+                let code = stream(events, pid, self.prefix.as_deref()).await?;
                 if code != 0 {
                     bail!("run {}: exited with {code}", r.entry_point);
                 }
@@ -160,11 +231,38 @@ impl Activity {
                         dst.display()
                     )
                 })?;
-                eprintln!("ya-exescript: transferred {n} bytes");
+                eprintln!("{}ya-exescript: transferred {n} bytes", self.tag());
             }
             Command::Terminate(_) => self.terminate().await?,
         }
         Ok(())
+    }
+
+    /// `[name] ` before this activity's lines when several run, else nothing.
+    fn tag(&self) -> String {
+        self.prefix.clone().unwrap_or_default()
+    }
+
+    /// Runs the script's commands in order, stopping at the first failure, and always ends
+    /// the VM.
+    async fn run_script(&mut self, commands: &[Command]) -> anyhow::Result<()> {
+        let total = commands.len();
+        let mut result = Ok(());
+        for (i, cmd) in commands.iter().enumerate() {
+            eprintln!(
+                "{}ya-exescript: [{}/{total}] {}",
+                self.tag(),
+                i + 1,
+                cmd.name()
+            );
+            if let Err(e) = self.execute(cmd).await {
+                result = Err(e.context(format!("command {} ({})", i + 1, cmd.name())));
+                break;
+            }
+        }
+        // A script that fails or does not terminate still ends its VM.
+        let ended = self.terminate().await;
+        result.and(ended)
     }
 
     /// Shutdown, and the runtime's own end.
@@ -186,19 +284,57 @@ impl Activity {
     }
 }
 
-/// Passes one process's output through until its final event; returns its exit code.
+/// Passes one process's output through until its final event; returns its exit code. With a
+/// prefix, output goes out in whole lines, each after the prefix.
 async fn stream(
     events: &mut mpsc::UnboundedReceiver<ProcessStatus>,
     pid: u64,
+    prefix: Option<&str>,
 ) -> anyhow::Result<i32> {
     let (mut out, mut err) = (tokio::io::stdout(), tokio::io::stderr());
+    let mut lines = [Vec::new(), Vec::new()];
     while let Some(s) = events.recv().await {
         if s.pid != pid {
             continue;
         }
-        out.write_all(&s.stdout).await?;
-        out.flush().await?;
-        err.write_all(&s.stderr).await?;
+        let Some(prefix) = prefix else {
+            out.write_all(&s.stdout).await?;
+            out.flush().await?;
+            err.write_all(&s.stderr).await?;
+            if !s.running {
+                return Ok(s.return_code);
+            }
+            continue;
+        };
+        for (i, data) in [&s.stdout, &s.stderr].into_iter().enumerate() {
+            lines[i].extend_from_slice(data);
+            let cut = if s.running {
+                lines[i]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |p| p + 1)
+            } else {
+                lines[i].len()
+            };
+            let mut text = Vec::new();
+            for line in lines[i]
+                .drain(..cut)
+                .collect::<Vec<u8>>()
+                .split_inclusive(|b| *b == b'\n')
+            {
+                text.extend_from_slice(prefix.as_bytes());
+                text.extend_from_slice(line);
+                if !line.ends_with(b"\n") {
+                    text.push(b'\n');
+                }
+            }
+            if i == 0 {
+                out.write_all(&text).await?;
+                out.flush().await?;
+            } else {
+                err.write_all(&text).await?;
+            }
+        }
         if !s.running {
             return Ok(s.return_code);
         }
@@ -215,45 +351,80 @@ fn default_runtime() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("ya-runtime-vm"))
 }
 
+/// A script's name for prefixes: its file name without `.json`.
+fn script_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
 async fn main_inner(args: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.script)
-        .with_context(|| format!("cannot read {}", args.script.display()))?;
-    let commands = script::parse(&text).map_err(|e| anyhow!("{}: {e}", args.script.display()))?;
-    // Without --workdir, a private one that is removed when the script ends.
+    let args = Arc::new(args);
+    let mut scripts = Vec::new();
+    for path in &args.scripts {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let commands = script::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        scripts.push((path.clone(), commands));
+    }
+    let several = scripts.len() > 1;
+    if several && args.workdir.is_some() {
+        bail!("--workdir names one activity's workdir: give one script with it");
+    }
+    let joins_vpn = |commands: &[Command]| {
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::Deploy(d) if !d.net.is_empty()))
+    };
+    let switch = if scripts.iter().any(|(_, c)| joins_vpn(c)) {
+        Some(Arc::new(
+            VpnSwitch::new(scripts.len())
+                .await
+                .context("cannot open the local VPN's ports")?,
+        ))
+    } else {
+        None
+    };
+    // Without --workdir, private ones that are removed when the scripts end.
     let temp = tempfile::Builder::new()
         .prefix("ya-exescript-")
         .tempdir()
         .context("cannot create a temporary workdir")?;
-    let workdir = args
-        .workdir
-        .clone()
-        .unwrap_or_else(|| temp.path().join("work"));
-    let script_dir = args
-        .script
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let mut activity = Activity {
-        runtime: args.runtime.clone().unwrap_or_else(default_runtime),
-        data_dir: args.data_dir.clone().unwrap_or(script_dir),
-        args,
-        workdir,
-        volumes: Vec::new(),
-        started: None,
-    };
-    let total = commands.len();
-    let mut result = Ok(());
-    for (i, cmd) in commands.iter().enumerate() {
-        eprintln!("ya-exescript: [{}/{total}] {}", i + 1, cmd.name());
-        if let Err(e) = activity.execute(cmd).await {
-            result = Err(e.context(format!("command {} ({})", i + 1, cmd.name())));
-            break;
-        }
+    let mut activities = Vec::new();
+    for (i, (path, _)) in scripts.iter().enumerate() {
+        let script_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        activities.push(Activity {
+            runtime: args.runtime.clone().unwrap_or_else(default_runtime),
+            data_dir: args.data_dir.clone().unwrap_or(script_dir),
+            workdir: args
+                .workdir
+                .clone()
+                .unwrap_or_else(|| temp.path().join(format!("work{i}"))),
+            args: args.clone(),
+            volumes: Vec::new(),
+            started: None,
+            prefix: several.then(|| format!("[{}] ", script_name(path))),
+            vpn: switch.as_ref().map(|s| (s.clone(), i)),
+            net: Vec::new(),
+            hosts: BTreeMap::new(),
+        });
     }
-    // A script that fails or does not terminate still ends its VM.
-    let ended = activity.terminate().await;
+    let runs = activities
+        .iter_mut()
+        .zip(&scripts)
+        .map(|(a, (path, commands))| async move {
+            a.run_script(commands).await.map_err(|e| {
+                if several {
+                    e.context(script_name(path))
+                } else {
+                    e
+                }
+            })
+        });
+    let results = futures::future::join_all(runs).await;
     drop(temp);
-    result.and(ended)
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,8 +1,8 @@
 //! The ExeScript: yagna's list of commands for an activity, in its JSON form —
 //! `[{"deploy": {}}, {"start": {"args": []}}, {"run": {"entry_point": "/bin/sh", "args": ["-c", "…"]}},
 //! {"transfer": {"from": "…", "to": "container:/golem/output/x"}}, {"terminate": {}}]`.
-//! Fields this runner does not use (`capture`, `format`, `depth`, `fileset`, deploy's `net`…) are
-//! accepted and ignored, as the exe-unit accepts them.
+//! Fields this runner does not use (`capture`, `format`, `depth`, `fileset`, a network's
+//! `nodes`…) are accepted and ignored, as the exe-unit accepts them.
 
 use serde::Deserialize;
 
@@ -33,6 +33,31 @@ pub struct Deploy {
     /// checks it.
     #[serde(default)]
     pub volumes: Option<serde_json::Value>,
+    /// The VPN networks this node joins (yagna's `deploy.net`).
+    #[serde(default)]
+    pub net: Vec<Net>,
+    /// Names for `/etc/hosts`: name → IP.
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, String>,
+}
+
+/// One VPN network of `deploy.net`, as yagna's requestor side writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Net {
+    /// The network's id.
+    #[serde(default)]
+    pub id: String,
+    /// The network's address.
+    pub ip: String,
+    /// Its mask (default `255.255.255.0`).
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// The requestor's address on it, if any.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// This node's address on it.
+    pub node_ip: String,
 }
 
 /// `start`'s body.
@@ -104,7 +129,11 @@ mod tests {
     #[test]
     fn parses_every_command_and_ignores_extra_fields() {
         let s = parse(
-            r#"[{"deploy": {"net": [], "volumes": {"/data": {"storage": {"size": "1GiB"}}}}},
+            r#"[{"deploy": {"net": [{"id": "n1", "ip": "192.168.0.0", "mask": "255.255.255.0",
+                             "gateway": "192.168.0.1", "nodeIp": "192.168.0.2",
+                             "nodes": {"192.168.0.2": "0xabc"}}],
+                            "hosts": {"a": "192.168.0.2"},
+                            "volumes": {"/data": {"storage": {"size": "1GiB"}}}}},
                 {"start": {"args": []}},
                 {"run": {"entry_point": "/bin/sh", "args": ["-c", "echo hi"], "capture": {}}},
                 {"transfer": {"from": "file:///tmp/a", "to": "container:/golem/input/a", "format": null}},
@@ -117,6 +146,14 @@ mod tests {
                 Command::Deploy(Deploy {
                     hostname: None,
                     volumes: Some(serde_json::json!({"/data": {"storage": {"size": "1GiB"}}})),
+                    net: vec![Net {
+                        id: "n1".into(),
+                        ip: "192.168.0.0".into(),
+                        mask: Some("255.255.255.0".into()),
+                        gateway: Some("192.168.0.1".into()),
+                        node_ip: "192.168.0.2".into(),
+                    }],
+                    hosts: [("a".to_string(), "192.168.0.2".to_string())].into(),
                 }),
                 Command::Start(Start::default()),
                 Command::Run(Run {

@@ -12,6 +12,11 @@ fn repo() -> PathBuf {
 
 /// Runs a script with a private TMPDIR (where the runtime's scratch dirs go) under `tmp`.
 fn run(script: &Path, tmp: &Path, extra: &[&str]) -> Output {
+    run_all(&[script], tmp, extra)
+}
+
+/// Runs several scripts at once, as [`run`] runs one.
+fn run_all(scripts: &[&Path], tmp: &Path, extra: &[&str]) -> Output {
     let runtime = repo().join("target/debug/ya-runtime-vm");
     assert!(
         runtime.is_file(),
@@ -31,7 +36,7 @@ fn run(script: &Path, tmp: &Path, extra: &[&str]) -> Output {
         .arg("--runtime")
         .arg(runtime)
         .args(extra)
-        .arg(script)
+        .args(scripts)
         .env("PATH", path)
         .env("TMPDIR", tmp)
         .env("YA_RUNTIME_VM_ACCEL", "tcg")
@@ -102,6 +107,105 @@ fn the_examples_run() {
     assert_eq!(
         std::fs::read_to_string(data.join("output.txt")).unwrap(),
         want
+    );
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// One node's script on the local VPN 192.168.0.0/24 (the requestor at .1): `runs` after
+/// deploy and start.
+fn vpn_node(node_ip: &str, runs: &[&str]) -> String {
+    let mut cmds = vec![
+        serde_json::json!({"deploy": {
+            "net": [{"id": "n", "ip": "192.168.0.0", "mask": "255.255.255.0",
+                     "gateway": "192.168.0.1", "nodeIp": node_ip,
+                     "nodes": {"192.168.0.2": "0x01", "192.168.0.3": "0x02"}}],
+            "hosts": {"a-node": "192.168.0.2", "b-node": "192.168.0.3"}}}),
+        serde_json::json!({"start": {"args": []}}),
+    ];
+    for r in runs {
+        cmds.push(serde_json::json!({"run": {"entry_point": "/bin/sh", "args": ["-c", r]}}));
+    }
+    cmds.push(serde_json::json!({"terminate": {}}));
+    serde_json::to_string(&cmds).unwrap()
+}
+
+/// Shell: wait until `$1` answers a ping (the other VM may still be booting).
+const WAIT_FOR: &str = "wait_for() { i=0; until ping -c 1 -W 2 \"$1\" >/dev/null; do \
+                        i=$((i+1)); [ $i -lt 60 ] || exit 1; done; }; ";
+
+#[test]
+fn two_vms_on_a_local_vpn_ping_each_other_and_move_64_mib_over_tcp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.json");
+    let b = tmp.path().join("b.json");
+    std::fs::write(
+        &a,
+        vpn_node(
+            "192.168.0.2",
+            &[
+                &format!("{WAIT_FOR} wait_for b-node && ping -c 2 -W 5 b-node >/dev/null && echo pinged-b"),
+                "ping -c 1 -W 5 192.168.0.1 >/dev/null && echo pinged-requestor",
+                // busybox nc ends at the first EOF from the network, so the server writes
+                // nothing back until it has everything: its end is a program reading to EOF.
+                "nc -l -p 7000 -e sh -c 'cat > /tmp/got' && \
+                 sha256sum < /tmp/got | cut -c1-64 && wc -c < /tmp/got",
+            ],
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &b,
+        vpn_node(
+            "192.168.0.3",
+            &[
+                &format!("{WAIT_FOR} wait_for a-node && echo pinged-a"),
+                "head -c 67108864 /dev/urandom > /tmp/data && sha256sum < /tmp/data | cut -c1-64",
+                "i=0; until nc a-node 7000 < /tmp/data; do i=$((i+1)); [ $i -lt 60 ] || exit 1; \
+                 sleep 1; done",
+            ],
+        ),
+    )
+    .unwrap();
+    let out = run_all(&[&a, &b], tmp.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines = |who: &str| -> Vec<String> {
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("[{who}] ")).map(str::to_string))
+            .collect()
+    };
+    let (la, lb) = (lines("a"), lines("b"));
+    assert_eq!(la.len(), 4, "{la:?}\n{}", text(&out.stderr));
+    assert_eq!(&la[..2], ["pinged-b", "pinged-requestor"]);
+    assert_eq!(lb.len(), 2, "{lb:?}");
+    assert_eq!(lb[0], "pinged-a");
+    // The same bytes on both ends.
+    assert_eq!(la[2], lb[1], "{la:?} {lb:?}\n{}", text(&out.stderr));
+    assert_eq!(la[3].trim(), "67108864");
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn the_vpn_example_runs_two_vms_that_talk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, client) = (
+        repo().join("examples/vpn/server.json"),
+        repo().join("examples/vpn/client.json"),
+    );
+    let out = run_all(&[&server, &client], tmp.path(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "[client] sent",
+            "[client] server is up",
+            "[server] got: hello from the client",
+            "[server] the requestor answers",
+        ]
     );
     let left = leftovers(tmp.path());
     assert!(left.is_empty(), "{left:?}");
