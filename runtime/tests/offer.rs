@@ -33,6 +33,9 @@ fn prints_one_json_document_about_this_host() {
         .as_array()
         .unwrap()
         .is_empty());
-    assert!(p["golem.runtime.capabilities"].is_array());
+    assert_eq!(
+        p["golem.runtime.capabilities"],
+        serde_json::json!(["start-entrypoint", "vpn"])
+    );
     assert_eq!(v["constraints"], "");
 }

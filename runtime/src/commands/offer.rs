@@ -4,9 +4,10 @@
 
 use serde_json::{json, Value};
 
-/// Runtime capabilities this build really provides (`vpn`, `inet`, `manifest-support` and `gpu`
-/// are added here as each lands).
-pub const RUNTIME_CAPABILITIES: &[&str] = &["start-entrypoint"];
+/// Runtime capabilities this build really provides: `start-entrypoint`, and `vpn` (the exe-unit's
+/// VPN endpoint and `CreateNetwork`). `inet`, `manifest-support` and `gpu` are added here as
+/// each lands.
+pub const RUNTIME_CAPABILITIES: &[&str] = &["start-entrypoint", "vpn"];
 
 /// What the offer says about the host CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
