@@ -62,8 +62,7 @@ async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
     // The VM goes on.
     let pid = pid_of(&rt, run("/bin/echo", &["echo", "still here"])).await;
     assert_eq!(finish(&mut events, pid).await.0, b"still here\n");
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -211,8 +210,7 @@ async fn a_few_forged_frames_are_counted_and_the_vm_goes_on() {
     );
     let pid = pid_of(&rt, sh("echo fine")).await;
     assert_eq!(finish(&mut events, pid).await.0, b"fine\n");
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.log().contains("bad frame"), "{}", activity.log());
     assert!(activity.leftovers().await.is_empty());
 }
@@ -322,8 +320,7 @@ async fn odd_characters_in_every_path_reach_qemu_intact() {
     let (rt, mut events) = activity.start().await;
     let pid = pid_of(&rt, sh("cat /golem/input/in")).await;
     assert_eq!(finish(&mut events, pid).await.0, b"through\n");
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -349,8 +346,7 @@ async fn a_fifo_in_place_of_passwd_never_blocks_the_init() {
     rt.kill_process(ya_runtime_api::server::KillProcess { pid: 1, signal: 0 })
         .await
         .unwrap_err();
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -374,8 +370,7 @@ async fn a_volume_path_through_an_image_symlink_stays_inside_the_image() {
         std::fs::read_to_string(activity.volume("/golem/output").join("f")).unwrap(),
         "through\n"
     );
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -421,8 +416,7 @@ async fn no_device_node_setuid_file_or_foreign_owner_reaches_the_host_through_a_
     }
     seen.sort();
     assert_eq!(seen, ["dir", "fifo", "owned", "suid"]);
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -491,8 +485,7 @@ async fn the_agent_keeps_answering_under_a_cpu_hog_and_a_fork_bomb() {
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(bombed.elapsed())).await;
     let (_, ran) = start_true(&rt, &mut events).await;
     assert!(ran);
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -588,8 +581,7 @@ async fn a_full_host_disk_leaves_the_guest_its_reserved_space_and_enospc_past_it
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("No space left on device"), "{out}");
     assert!(out.ends_with("after\n"), "{out}");
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
     drop(activity);
 }

@@ -10,7 +10,7 @@ use test_harness::net_peer::NetPeer;
 use test_harness::proto::response::create_network::Endpoint;
 use test_harness::{finish, pid_of, sh, Activity};
 use ya_runtime_api::server::proto::Network;
-use ya_runtime_api::server::{CreateNetwork, RuntimeControl, RuntimeService};
+use ya_runtime_api::server::{CreateNetwork, RuntimeService};
 
 fn vpn_request(hosts: &[(&str, &str)]) -> CreateNetwork {
     CreateNetwork {
@@ -127,8 +127,7 @@ async fn a_vpn_card_is_configured_before_the_answer_and_carries_the_requestors_t
     .await;
     assert_eq!(out, "gone\nalive\n");
 
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }
 
@@ -216,7 +215,6 @@ async fn an_inet_only_start_over_a_tcp_endpoint_gets_its_address_route_and_resol
         peer.stats.largest.load(Ordering::Relaxed),
         14 + 20 + 8 + 60_000
     );
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }

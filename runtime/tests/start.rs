@@ -329,8 +329,7 @@ async fn start_entrypoint_runs_the_images_entrypoint_and_reports_its_pid() {
         .await
         .unwrap();
     assert_eq!(finish(&mut events, pid).await.2, 128 + 15);
-    rt.shutdown().await.unwrap();
-    assert_eq!(rt.stopped().await, 0);
+    assert_eq!(activity.shut_down(&rt).await, 0);
     let left = activity.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
 }
@@ -440,8 +439,7 @@ async fn kernel_vsock_boots_where_the_host_has_it_and_is_a_clear_error_elsewhere
             b"over the kernel's vsock\n"
         );
         assert!(activity.pid_of("vhost-device-vsock").is_none());
-        rt.shutdown().await.unwrap();
-        assert_eq!(rt.stopped().await, 0);
+        assert_eq!(activity.shut_down(&rt).await, 0);
     } else {
         let out = activity
             .command()

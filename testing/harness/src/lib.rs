@@ -319,6 +319,19 @@ impl Activity {
             .map(|p| p.pid)
     }
 
+    /// Sends Shutdown and waits for the runtime to exit; its exit code. A runtime that does not
+    /// answer, or does not exit after answering, fails the test with its log instead of
+    /// hanging it.
+    pub async fn shut_down(&self, rt: &(impl RuntimeService + RuntimeControl)) -> i32 {
+        tokio::time::timeout(Duration::from_secs(30), rt.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("no Shutdown reply within 30 s: {}", self.log()))
+            .unwrap_or_else(|e| panic!("Shutdown: {e:?}: {}", self.log()));
+        tokio::time::timeout(Duration::from_secs(15), rt.stopped())
+            .await
+            .unwrap_or_else(|_| panic!("no exit within 15 s of the Shutdown reply: {}", self.log()))
+    }
+
     /// Spawns `start` through the API's client and waits for hello (the VM has booted).
     pub async fn start(
         &self,
