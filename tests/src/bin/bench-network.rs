@@ -142,7 +142,11 @@ async fn main() {
     let p50 = percentile(&rtts, 0.5);
 
     // TCP: a reader on node 1, `mib` MiB of zeros from node 0.
-    let server = pid_of(&nodes[1].1, sh("nc -l -p 7000 -e sh -c 'wc -c'")).await;
+    let server = pid_of(
+        &nodes[1].1,
+        sh("nc -l -p 7000 -e sh -c 'wc -c > /tmp/n' && cat /tmp/n"),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, rt0, ev0) = &mut nodes[0];
     let start = Instant::now();
