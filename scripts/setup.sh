@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing ya-runtime-vm needs on a Debian machine with Rust.
 # Idempotent and quiet when everything is already there. Run as root or with sudo available.
-#   - Debian packages (QEMU, e2fsprogs, squashfs-tools, cpio, kmod, busybox-static, build libraries,
-#     protoc)
+#   - Debian packages (QEMU, e2fsprogs, squashfs-tools, cpio, kmod, busybox-static, passt (the
+#     tests' stand-in for the exe-unit's INET stack), build libraries, protoc)
 #   - virtiofsd and vhost-device-vsock, built with `cargo install` into $TOOLS_DIR/bin (pinned),
 #     and cargo-deb for the .deb package
 #   - the Debian cloud kernel, extracted into $TOOLS_DIR/kernel with its modules indexed by depmod
@@ -11,6 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 APT_PACKAGES=(
   qemu-system-x86 e2fsprogs squashfs-tools cpio kmod busybox-static
+  passt
   libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
 )
 

@@ -6,6 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use test_fixtures::http::{Resource, Server};
+use test_harness::inet_peer::{InetPeer, GATEWAY, GUEST};
 use test_harness::net_peer::NetPeer;
 use test_harness::proto::response::create_network::Endpoint;
 use test_harness::{finish, pid_of, sh, Activity};
@@ -215,6 +217,56 @@ async fn an_inet_only_start_over_a_tcp_endpoint_gets_its_address_route_and_resol
         peer.stats.largest.load(Ordering::Relaxed),
         14 + 20 + 8 + 60_000
     );
+    assert_eq!(activity.shut_down(&rt).await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inet_through_a_real_network_stack_reaches_a_server_on_the_hosts_loopback() {
+    // passt stands where the exe-unit's INET stack is: it terminates the guest's TCP and opens
+    // the same connection on the host, the gateway being the host's loopback.
+    let server = Server::start("127.0.0.1:0").await.unwrap();
+    server.put("/hello.txt", Resource::bytes("hello over INET\n"));
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    server.put("/big.bin", Resource::bytes(big.clone()));
+    let peer = InetPeer::start();
+    let activity = Activity::deploy().await;
+    let url = peer.url();
+    let (rt, mut events) = activity
+        .start_with(&["--inet-endpoint", &url, "start"])
+        .await;
+    rt.create_network(CreateNetwork {
+        networks: vec![Network {
+            addr: GATEWAY.into(),
+            gateway: GATEWAY.into(),
+            mask: "255.255.255.0".into(),
+            if_addr: GUEST.into(),
+        }],
+        hosts: Default::default(),
+        interface: 1,
+    })
+    .await
+    .unwrap();
+    let port = server.addr().port();
+    let out = guest(
+        &rt,
+        &mut events,
+        &format!(
+            "wget -q -O - http://{GATEWAY}:{port}/hello.txt; \
+             wget -q -O - http://{GATEWAY}:{port}/big.bin | sha256sum | cut -c1-64"
+        ),
+    )
+    .await;
+    let want = {
+        let f = activity.dir.path().join("big.bin");
+        std::fs::write(&f, &big).unwrap();
+        let out = std::process::Command::new("sha256sum")
+            .arg(&f)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    };
+    assert_eq!(out, format!("hello over INET\n{want}\n"));
     assert_eq!(activity.shut_down(&rt).await, 0);
     assert!(activity.leftovers().await.is_empty());
 }

@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(t["constraints"], "");
         let p = &t["properties"];
         assert_eq!(p["golem.inf.cpu.vendor"], "GenuineIntel");
-        assert_eq!(p["golem.runtime.capabilities"], json!(["start-entrypoint"]));
+        assert_eq!(
+            p["golem.runtime.capabilities"],
+            json!(["start-entrypoint", "vpn"])
+        );
         assert_eq!(p["golem.inf.cpu.capabilities"][0], "avx2");
     }
 }

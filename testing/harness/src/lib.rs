@@ -7,6 +7,7 @@
 //! activity left behind (processes, scratch dirs, files in the workdir). It sits beside the
 //! tests, at the far end of the data flow: it only talks to the runtime binary as yagna would.
 
+pub mod inet_peer;
 pub mod net_peer;
 
 use std::path::{Path, PathBuf};
