@@ -35,7 +35,7 @@ fn prints_one_json_document_about_this_host() {
         .is_empty());
     assert_eq!(
         p["golem.runtime.capabilities"],
-        serde_json::json!(["start-entrypoint", "vpn"])
+        serde_json::json!(["start-entrypoint", "vpn", "inet", "manifest-support"])
     );
     assert_eq!(v["constraints"], "");
 }

@@ -4,10 +4,11 @@
 
 use serde_json::{json, Value};
 
-/// Runtime capabilities this build really provides: `start-entrypoint`, and `vpn` (the exe-unit's
-/// VPN endpoint and `CreateNetwork`). `inet`, `manifest-support` and `gpu` are added here as
-/// each lands.
-pub const RUNTIME_CAPABILITIES: &[&str] = &["start-entrypoint", "vpn"];
+/// Runtime capabilities this build really provides: `start-entrypoint`; `vpn` and `inet` (the
+/// exe-unit's endpoints and `CreateNetwork`); `manifest-support`, which asks nothing more of the
+/// runtime (the exe-unit enforces a payload manifest's URL whitelist on the INET traffic it
+/// proxies). `gpu` is added here when it lands.
+pub const RUNTIME_CAPABILITIES: &[&str] = &["start-entrypoint", "vpn", "inet", "manifest-support"];
 
 /// What the offer says about the host CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,7 @@ mod tests {
         assert_eq!(p["golem.inf.cpu.vendor"], "GenuineIntel");
         assert_eq!(
             p["golem.runtime.capabilities"],
-            json!(["start-entrypoint", "vpn"])
+            json!(["start-entrypoint", "vpn", "inet", "manifest-support"])
         );
         assert_eq!(p["golem.inf.cpu.capabilities"][0], "avx2");
     }
