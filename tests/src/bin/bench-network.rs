@@ -5,7 +5,9 @@
 //! - VM↔VM ping round trip through the switch, p50 of busybox ping's per-packet times;
 //! - VM↔VM TCP throughput through the switch (busybox `nc`, `/dev/zero` into a reader);
 //! - the switch's own ceiling: two host sockets pushing 1234-byte frames (the VPN's MTU plus
-//!   the Ethernet header) through the same switch code on loopback.
+//!   the Ethernet header) through the same switch code on loopback;
+//! - one VM's TCP throughput over INET to an HTTP server on the host's loopback, through passt
+//!   (the tests' stand-in for the exe-unit's INET stack), against the same download on the host.
 //!
 //! Usage: `bench-network RUNTIME_BIN [MiB (64)]`; the runtime dir comes from
 //! `YA_RUNTIME_VM_RUNTIME_DIR` as for the runtime itself.
@@ -16,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use e2e::stats::percentile;
 use local_runner::vpn_switch::VpnSwitch;
+use test_fixtures::http::{Resource, Server};
+use test_harness::inet_peer::{InetPeer, GATEWAY, GUEST};
 use test_harness::proto::response::create_network::Endpoint;
 use test_harness::{finish, pid_of, sample_image, sh, Activity};
 use tokio::net::UdpSocket;
@@ -177,6 +181,7 @@ async fn main() {
         rt.stopped().await;
     }
     let (fps, ceiling) = switch_ceiling().await;
+    let (inet, host) = inet_download(&runtime, &image, mib).await;
 
     println!("network benchmark (two ya-runtime-vm VMs on ya-exescript's local VPN switch; TCG, 1 vCPU, 256 MiB each)");
     println!("| measure | ours | reference | ratio |");
@@ -190,4 +195,69 @@ async fn main() {
         "| VM↔VM TCP, {mib} MiB (busybox nc, MTU 1220) | {tcp:.1} MiB/s | switch alone on loopback {ceiling:.1} MiB/s ({fps:.0} frames/s of {FRAME} bytes) | {:.2} |",
         tcp / ceiling
     );
+    println!(
+        "| one VM's TCP over INET via passt, {mib} MiB HTTP download | {inet:.1} MiB/s | the same download on the host {host:.1} MiB/s | {:.2} |",
+        inet / host
+    );
+}
+
+/// The body length of `GET path` from `addr` (HTTP/1.1, the connection closed after it).
+async fn host_get(addr: SocketAddr, path: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("request");
+    let mut all = Vec::new();
+    conn.read_to_end(&mut all).await.expect("response");
+    let head = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    (all.len() - head) as u64
+}
+
+/// MiB/s of a `mib` MiB HTTP download in a VM over INET (passt), and on the host itself.
+async fn inet_download(runtime: &std::path::Path, image: &[u8], mib: u64) -> (f64, f64) {
+    let server = Server::start("127.0.0.1:0").await.expect("the HTTP server");
+    server.put("/data", Resource::bytes(vec![7u8; (mib << 20) as usize]));
+    let peer = InetPeer::start();
+    let mut a =
+        Activity::new_in(tempfile::tempdir().unwrap(), image).with_runtime(runtime.to_path_buf());
+    a.deploy_now(&[]).await;
+    let url = peer.url();
+    let (rt, mut events) = a.start_with(&["--inet-endpoint", &url, "start"]).await;
+    rt.create_network(CreateNetwork {
+        networks: vec![Network {
+            addr: GATEWAY.into(),
+            gateway: GATEWAY.into(),
+            mask: "255.255.255.0".into(),
+            if_addr: GUEST.into(),
+        }],
+        hosts: Default::default(),
+        interface: 1,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("CreateNetwork: {}", e.message));
+    let port = server.addr().port();
+    let fetch = format!("wget -q -O - http://{GATEWAY}:{port}/data | wc -c");
+    let start = Instant::now();
+    let pid = pid_of(&rt, sh(&fetch)).await;
+    let (out, err, code) = finish(&mut events, pid).await;
+    let took = start.elapsed();
+    assert_eq!(code, 0, "wget: {}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        (mib << 20).to_string()
+    );
+    rt.shutdown().await.expect("shutdown");
+    rt.stopped().await;
+    // The same download on the host: a plain HTTP GET over loopback.
+    let start = Instant::now();
+    assert_eq!(host_get(server.addr(), "/data").await, mib << 20);
+    let host = mib as f64 / start.elapsed().as_secs_f64();
+    (mib as f64 / took.as_secs_f64(), host)
 }
