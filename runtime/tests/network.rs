@@ -134,6 +134,37 @@ async fn a_vpn_card_is_configured_before_the_answer_and_carries_the_requestors_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vpn_networks_in_one_request_give_the_card_both_addresses() {
+    // yagna sends one network per `deploy.net` entry, in one request; newer yagna leaves the
+    // gateway empty.
+    let peer = NetPeer::start(Ipv4Addr::new(10, 9, 0, 1));
+    let activity = Activity::deploy().await;
+    let url = peer.url();
+    let (rt, mut events) = activity
+        .start_with(&["--vpn-endpoint", &url, "start"])
+        .await;
+    let mut req = vpn_request(&[("first", "192.168.0.1"), ("second", "10.9.0.1")]);
+    req.networks.push(Network {
+        addr: "10.9.0.0".into(),
+        gateway: "".into(),
+        mask: "255.255.0.0".into(),
+        if_addr: "10.9.7.7".into(),
+    });
+    rt.create_network(req).await.unwrap();
+    let out = guest(
+        &rt,
+        &mut events,
+        "ip -o -4 addr show | grep -o -e '192.168.0.2/24' -e '10.9.7.7/16'; \
+         ip route | grep -c ' via '; \
+         ping -c 1 -W 5 second >/dev/null && echo second",
+    )
+    .await;
+    assert_eq!(out, "192.168.0.2/24\n10.9.7.7/16\n1\nsecond\n");
+    assert_eq!(activity.shut_down(&rt).await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_are_refused_where_they_mean_nothing_or_cannot_work() {
     let activity = Activity::deploy().await;
     for (args, needle) in [
