@@ -6,6 +6,13 @@
 //! rule: when a process is reaped, what its pipes hold at that moment is sent before its
 //! [`Exited`] notification, and the pipes are then closed (later writers, such as background
 //! children that kept the pipe, get EPIPE).
+//!
+//! Coalescing: a program that writes small pieces would otherwise cost one frame (and one
+//! runtime-API event on the host) per piece. A read that empties a pipe keeps what it got and
+//! leaves the pipe out of the poll set for [`HOLD`], so the writer fills it meanwhile; then all of
+//! it goes out in full chunks. A quiet process's last line waits at most [`HOLD`], and nothing
+//! waits once the process has exited: its held bytes go out first, then what the pipe holds,
+//! then the exit.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -34,6 +41,8 @@ pub const OUT_LIMIT: usize = 1024 * 1024;
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
 /// How long processes get between SIGTERM and SIGKILL at shutdown.
 const TERM_GRACE: Duration = Duration::from_secs(2);
+/// How long output read from a pipe that went empty waits for more before it is sent.
+pub const HOLD: Duration = Duration::from_millis(2);
 
 struct Conn {
     fd: OwnedFd,
@@ -175,6 +184,8 @@ impl Agent {
                 pfds.push(pollfd(c.fd.as_raw_fd(), ev));
             }
             let mut draining = false;
+            let now = Instant::now();
+            let mut next_release: Option<Instant> = None;
             for (pid, p) in &self.procs {
                 if p.status.is_some() {
                     draining = true;
@@ -182,6 +193,12 @@ impl Agent {
                 }
                 if room {
                     for (i, pipe) in p.pipes.iter().enumerate() {
+                        if let Some(t) = pipe.hold_until {
+                            next_release = Some(next_release.map_or(t, |n| n.min(t)));
+                            if t > now {
+                                continue;
+                            }
+                        }
                         slots.push(Slot::Pipe(*pid, i));
                         pfds.push(pollfd(pipe.fd.as_raw_fd(), libc::POLLIN));
                     }
@@ -191,12 +208,17 @@ impl Agent {
                     pfds.push(pollfd(s.as_raw_fd(), libc::POLLOUT));
                 }
             }
+            let held = next_release.map(|t| {
+                // Rounded up: poll counts whole milliseconds.
+                let left = t.saturating_duration_since(now);
+                left.as_micros().div_ceil(1000) as i32
+            });
             let timeout = if draining && room {
                 0
             } else if self.conn.is_none() {
                 CONNECT_RETRY.as_millis() as i32
             } else {
-                -1
+                held.unwrap_or(-1)
             };
             // SAFETY: pfds is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
@@ -227,8 +249,46 @@ impl Agent {
                     Slot::Stdin(pid) => self.write_stdin(pid),
                 }
             }
+            self.release_held(&mut buf);
             self.drain_exited(&mut buf);
             self.flush();
+        }
+    }
+
+    /// Sends what pipes whose hold has ended gathered, with what they hold now.
+    fn release_held(&mut self, buf: &mut [u8]) {
+        let now = Instant::now();
+        let due: Vec<(i32, usize)> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.status.is_none())
+            .flat_map(|(pid, p)| {
+                p.pipes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, pipe)| pipe.hold_until.is_some_and(|t| t <= now))
+                    .map(move |(i, _)| (*pid, i))
+            })
+            .collect();
+        // Highest index first: a pipe that ends is removed without moving the others' indexes.
+        for &(pid, i) in due.iter().rev() {
+            if let Some(pipe) = self.procs.get_mut(&pid).and_then(|p| p.pipes.get_mut(i)) {
+                pipe.hold_until = None;
+            }
+            self.read_pipe(pid, i, buf);
+            self.send_pending(pid, i);
+        }
+    }
+
+    /// Sends everything pipe `i` of `pid` has gathered, in chunks, and ends its hold.
+    fn send_pending(&mut self, pid: i32, i: usize) {
+        let Some(pipe) = self.procs.get_mut(&pid).and_then(|p| p.pipes.get_mut(i)) else {
+            return;
+        };
+        pipe.hold_until = None;
+        let (stream, pending) = (pipe.stream, std::mem::take(&mut pipe.pending));
+        for chunk in pending.chunks(MAX_OUTPUT_CHUNK) {
+            self.send_output(pid, stream, chunk);
         }
     }
 
@@ -473,33 +533,60 @@ impl Agent {
         loop {
             match read_fd(fd, buf) {
                 Ok(0) => {
+                    // The end: what was gathered goes out before the pipe is dropped.
+                    self.send_pending(pid, i);
                     if let Some(p) = self.procs.get_mut(&pid) {
                         p.pipes.remove(i);
                     }
                     return;
                 }
                 Ok(n) => {
-                    self.send_output(pid, stream, &buf[..n]);
+                    let Some(pipe) = self.procs.get_mut(&pid).and_then(|p| p.pipes.get_mut(i))
+                    else {
+                        return;
+                    };
+                    if pipe.pending.is_empty() && n == buf.len() {
+                        // A full chunk: straight out, no copy.
+                        self.send_output(pid, stream, &buf[..n]);
+                    } else {
+                        pipe.pending.extend_from_slice(&buf[..n]);
+                        if pipe.pending.len() >= MAX_OUTPUT_CHUNK {
+                            let rest = pipe.pending.split_off(MAX_OUTPUT_CHUNK);
+                            let full = std::mem::replace(&mut pipe.pending, rest);
+                            self.send_output(pid, stream, &full);
+                        }
+                    }
                     let room = self.conn.as_ref().is_some_and(|c| c.queued() < OUT_LIMIT);
-                    if n < buf.len() || !room {
+                    if n < buf.len() {
+                        self.hold(pid, i);
+                        return;
+                    }
+                    if !room {
                         return;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    return
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.hold(pid, i);
+                    return;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
                 Err(e) => {
                     log!("read from pid {pid}: {e}");
+                    self.send_pending(pid, i);
                     if let Some(p) = self.procs.get_mut(&pid) {
                         p.pipes.remove(i);
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// The pipe went empty: what it gathered waits up to [`HOLD`] for more.
+    fn hold(&mut self, pid: i32, i: usize) {
+        if let Some(pipe) = self.procs.get_mut(&pid).and_then(|p| p.pipes.get_mut(i)) {
+            if !pipe.pending.is_empty() && pipe.hold_until.is_none() {
+                pipe.hold_until = Some(Instant::now() + HOLD);
             }
         }
     }
@@ -538,6 +625,11 @@ impl Agent {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in exited {
+            // What was gathered is older than what the pipes still hold: it goes first.
+            let pipes = self.procs.get(&pid).map_or(0, |p| p.pipes.len());
+            for i in 0..pipes {
+                self.send_pending(pid, i);
+            }
             loop {
                 if self.conn.as_ref().is_none_or(|c| c.queued() >= OUT_LIMIT) {
                     return;

@@ -31,7 +31,29 @@ pub struct Pipe {
     pub stream: u32,
     /// Bytes still to send after the process exited (what the pipe held at that moment).
     pub drain_left: Option<usize>,
+    /// Output read but not sent yet: short reads are gathered into fuller chunks (at most
+    /// [`agent_protocol::MAX_OUTPUT_CHUNK`] bytes wait here).
+    pub pending: Vec<u8>,
+    /// Until when the pipe is left to fill before `pending` goes out.
+    pub hold_until: Option<std::time::Instant>,
 }
+
+impl Pipe {
+    fn new(fd: OwnedFd, stream: u32) -> Self {
+        // A deeper pipe lets a writer of small pieces run on while the agent gathers them.
+        let _ = fcntl(&fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        Self {
+            fd,
+            stream,
+            drain_left: None,
+            pending: Vec::new(),
+            hold_until: None,
+        }
+    }
+}
+
+/// Capacity asked for each output pipe (the kernel's `pipe-max-size` default).
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
 
 /// A process started by the agent.
 #[derive(Debug)]
@@ -146,18 +168,7 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup_procs: Option<RawFd>) -> Resu
     };
     // The child's ends close here; ours stay.
     drop((stdin_r, out_w, err_w));
-    let pipes = vec![
-        Pipe {
-            fd: out_r,
-            stream: 1,
-            drain_left: None,
-        },
-        Pipe {
-            fd: err_r,
-            stream: 2,
-            drain_left: None,
-        },
-    ];
+    let pipes = vec![Pipe::new(out_r, 1), Pipe::new(err_r, 2)];
     for p in &pipes {
         set_nonblocking(p.fd.as_raw_fd())?;
     }

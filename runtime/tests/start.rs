@@ -120,6 +120,27 @@ async fn the_exe_units_conversation() {
     }
     assert!(out.ends_with(format!("{}1048575\n", "x".repeat(56)).as_bytes()));
 
+    // a quiet process's line is not held until its exit (the guest gathers small writes only
+    // for a few ms)
+    let pid = rt
+        .run_process(run(
+            "/bin/sh",
+            &["sh", "-c", "echo first; sleep 3; echo second"],
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let first = tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("events open");
+    assert_eq!(
+        (first.pid, first.running, first.stdout.as_slice()),
+        (pid, true, &b"first\n"[..])
+    );
+    let (out, _, code) = finish(&mut events, pid).await;
+    assert_eq!((out.as_slice(), code), (&b"second\n"[..], 0));
+
     // each stream keeps its own order when they interleave
     let pid = rt
         .run_process(run(

@@ -3,8 +3,9 @@
 //!
 //! - cold start (spawn `start` → first `/bin/true` finished) vs the bare kernel-boot floor;
 //! - warm `/bin/true` round trip (RunProcess → final event), p50/p95;
-//! - stdout throughput (`dd if=/dev/zero bs=64k` through the runtime API) vs the raw throughput of
-//!   the same vsock transport (`vsock-send` in the same VM straight into a host socket);
+//! - stdout throughput (`dd if=/dev/zero bs=64k`, and busybox `head -c`, which writes 4 KiB
+//!   pieces, through the runtime API) vs the raw throughput of the same vsock transport
+//!   (`vsock-send` in the same VM straight into a host socket);
 //! - a volume write (`dd … conv=fsync` into /golem/output) vs the same dd on the host disk;
 //! - host RSS of QEMU and its helpers for the idle VM (and of the runtime itself).
 //!
@@ -177,6 +178,13 @@ async fn main() {
         .run(&["/bin/dd", "if=/dev/zero", "bs=65536", &dd_count], "/")
         .await;
     assert_eq!((got, code), (bytes, 0));
+    // The same through a writer of 4 KiB pieces (busybox head), as most programs write.
+    let (small_took, got, code) = s.run(&["/bin/head", "-c", &count, "/dev/zero"], "/").await;
+    assert_eq!((got, code), (bytes, 0));
+    // That writer alone, into /dev/null in the guest: what it can produce at all under this CPU.
+    let alone = format!("head -c {count} /dev/zero > /dev/null");
+    let (alone_took, _, code) = s.run(&["/bin/sh", "-c", &alone], "/").await;
+    assert_eq!(code, 0);
 
     // the raw transport: same VM, same vhost-device-vsock, no agent or API in between
     let send = bench.volume("/golem/input").join("vsock-send");
@@ -237,6 +245,8 @@ async fn main() {
 
     let (f, c) = (median(floor.clone()), median(cold.clone()));
     let (out_rate, raw_rate) = (mib_per_s(bytes, stdout_took), mib_per_s(bytes, raw_took));
+    let small_rate = mib_per_s(bytes, small_took);
+    let alone_rate = mib_per_s(bytes, alone_took);
     let (vol_rate, host_rate) = (mib_per_s(bytes, vol_took), mib_per_s(bytes, host_took));
     println!(
         "runtime benchmark (ya-runtime-vm start via ya-runtime-api; TCG, q35, 1 vCPU, 256 MiB)"
@@ -261,6 +271,11 @@ async fn main() {
     println!(
         "| stdout, {mib} MiB | {out_rate:.1} MiB/s | raw vsock {raw_rate:.1} MiB/s | {:.2} |",
         out_rate / raw_rate
+    );
+    println!(
+        "| stdout, {mib} MiB in 4 KiB pieces (busybox head -c) | {small_rate:.1} MiB/s | raw vsock {raw_rate:.1} MiB/s; the writer alone into /dev/null {alone_rate:.1} MiB/s | {:.2}; {:.2} |",
+        small_rate / raw_rate,
+        small_rate / alone_rate
     );
     println!(
         "| volume write, {mib} MiB dd conv=fsync | {vol_rate:.1} MiB/s | host disk {host_rate:.1} MiB/s | {:.2} |",
