@@ -10,8 +10,8 @@ bash scripts/setup.sh
 bash scripts/build-runtime.sh release >/dev/null
 bash scripts/build-sample-image.sh >/dev/null
 cargo build --quiet --release -p ya-runtime-vm
-cargo build --quiet -p e2e --bin bench-network
+cargo build --quiet --release -p e2e --bin bench-network
 target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 export YA_RUNTIME_VM_ACCEL=${YA_RUNTIME_VM_ACCEL:-tcg}
-YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime" "$target_dir/debug/bench-network" \
+YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime" "$target_dir/release/bench-network" \
   "$target_dir/release/ya-runtime-vm" "$@"

@@ -11,8 +11,8 @@ bash scripts/setup.sh
 bash scripts/build-runtime.sh release >/dev/null
 bash scripts/build-sample-image.sh >/dev/null
 cargo build --quiet --release -p ya-runtime-vm
-cargo build --quiet -p e2e --bin bench-runtime
+cargo build --quiet --release -p e2e --bin bench-runtime
 target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 export YA_RUNTIME_VM_ACCEL=${YA_RUNTIME_VM_ACCEL:-tcg}
-YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime" "$target_dir/debug/bench-runtime" \
+YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime" "$target_dir/release/bench-runtime" \
   "$target_dir/release/ya-runtime-vm" "$target_dir/x86_64-unknown-linux-gnu/release/vsock-send" "$@"
