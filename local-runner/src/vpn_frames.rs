@@ -251,6 +251,32 @@ mod tests {
         assert_eq!(checksum(&ip[20..]), 0);
     }
 
+    proptest::proptest! {
+        /// Frames come from guests: any bytes are decided without a panic, and an answer is
+        /// only ever an ARP reply or an echo reply no longer than what was asked.
+        #[test]
+        fn any_frame_is_decided_without_a_panic(frame in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let t = table();
+            if let Decision::Answer(reply) = t.decide(0, &frame) {
+                proptest::prop_assert!(reply.len() <= frame.len().max(42));
+            }
+            let _ = requestor_answer(&frame, R);
+        }
+
+        /// A ping to the requestor with any payload is answered with the same payload.
+        #[test]
+        fn echo_payloads_come_back(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
+            let mut f = ping(A, R);
+            f.extend_from_slice(&payload);
+            let total = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            let Decision::Answer(reply) = table().decide(0, &f) else {
+                return Err(proptest::test_runner::TestCaseError::fail("no answer"));
+            };
+            proptest::prop_assert_eq!(&reply[42..], &payload[..]);
+        }
+    }
+
     #[test]
     fn checksums_sum_to_zero_over_themselves() {
         let hdr = [

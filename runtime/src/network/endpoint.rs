@@ -178,6 +178,18 @@ mod tests {
         assert!(err("tcp-listen://0.0.0.0:7000").contains("not a loopback"));
     }
 
+    proptest::proptest! {
+        /// The exe-unit's flag values: any text is parsed or refused, never a panic, and what
+        /// parses is on the loopback.
+        #[test]
+        fn any_text_is_parsed_or_refused(url in "\\PC{0,40}") {
+            if let Ok(t) = url.parse::<Transport>() {
+                let (Transport::Udp(a) | Transport::TcpConnect(a) | Transport::TcpListen(a)) = t;
+                proptest::prop_assert!(a.ip().is_loopback());
+            }
+        }
+    }
+
     #[test]
     fn interfaces_and_their_cards() {
         assert_eq!(Interface::from_api(0), Some(Interface::Vpn));

@@ -328,6 +328,31 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        /// The networks and names come from the requestor's ExeScript: any strings are either
+        /// refused or give a configuration whose every address parses.
+        #[test]
+        fn any_request_is_refused_or_well_formed(
+            addr in "[0-9a-f.:]{0,20}",
+            mask in "[0-9f.:]{0,20}",
+            if_addr in "[0-9a-f.:]{0,20}",
+            gateway in "[0-9a-f.:]{0,20}",
+            name in "\\PC{0,20}",
+            inet in proptest::bool::ANY,
+        ) {
+            let r = req(vec![net(&addr, &gateway, &mask, &if_addr)], &[(&name, "10.0.0.1")]);
+            let interface = if inet { Interface::Inet } else { Interface::Vpn };
+            if let Ok(c) = guest_config(interface, MAC, &r) {
+                for a in &c.addresses {
+                    proptest::prop_assert!(a.addr.parse::<IpAddr>().is_ok());
+                }
+                for h in &c.hosts {
+                    proptest::prop_assert!(!h.name.chars().any(char::is_whitespace));
+                }
+            }
+        }
+    }
+
     #[test]
     fn masks() {
         let p = |m: &str| prefix_len(m.parse().unwrap());
