@@ -17,6 +17,7 @@
 pub mod boot;
 pub mod frame;
 pub mod messages;
+pub mod network;
 
 pub use frame::{
     encode, encode_output_into, DecodeError, EncodeError, Frame, FrameDecoder, Kind, HEADER_LEN,

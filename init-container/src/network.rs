@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use agent_protocol::network::{is_host_name, MAX_ENTRIES};
 use agent_protocol::{ConfigureNetwork, IpPrefix};
 
 use crate::error::{InitError, Result};
@@ -17,10 +18,6 @@ use crate::netlink::{Netlink, Request};
 const SYS_NET: &str = "/sys/class/net";
 /// The loopback card's index (always the first one registered).
 const LOOPBACK_INDEX: u32 = 1;
-/// Most addresses, routes, names and servers one request may carry.
-const MAX_ENTRIES: usize = 64;
-/// Longest host name taken for `/etc/hosts`.
-const MAX_NAME: usize = 253;
 
 /// Brings `lo` up (the kernel gives it 127.0.0.1 and ::1).
 pub fn loopback_up() -> Result<()> {
@@ -77,14 +74,9 @@ fn prefix(what: &str, p: &IpPrefix) -> Result<(IpAddr, u8)> {
     }
 }
 
-/// A name `/etc/hosts` can carry: printable, no spaces, no comment sign.
+/// `name`, if `/etc/hosts` can carry it ([`is_host_name`]).
 fn host_name(name: &str) -> Result<&str> {
-    if name.is_empty()
-        || name.len() > MAX_NAME
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '#')
-    {
+    if !is_host_name(name) {
         return Err(InitError::invalid(format!("{name:?} is not a host name")));
     }
     Ok(name)

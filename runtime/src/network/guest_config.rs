@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use agent_protocol::network::{is_host_name, MAX_ENTRIES};
 use agent_protocol::{ConfigureNetwork, HostEntry, IpPrefix, Route};
 
 use super::Interface;
@@ -15,8 +16,6 @@ use crate::api::proto::request;
 pub const INET_NAMESERVERS: [&str; 2] = ["1.1.1.1", "8.8.8.8"];
 /// Metric of a VPN network's route through its gateway (the card's own route wins).
 const VPN_GATEWAY_METRIC: u32 = 101;
-/// Most networks, or hosts, one request may carry.
-const MAX_ENTRIES: usize = 64;
 
 /// Why a `CreateNetwork` cannot be applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -95,12 +94,7 @@ fn network_of(addr: IpAddr, prefix: u8) -> IpAddr {
 }
 
 fn host_name(name: &str) -> Result<String, NetworkError> {
-    if name.is_empty()
-        || name.len() > 253
-        || name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '#')
-    {
+    if !is_host_name(name) {
         return Err(NetworkError::HostName(name.chars().take(64).collect()));
     }
     Ok(name.to_string())
