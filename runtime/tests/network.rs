@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use test_fixtures::http::{Resource, Server};
-use test_harness::inet_peer::{InetPeer, GATEWAY, GUEST};
+use test_harness::inet_peer::{inet_request, InetPeer, GATEWAY};
 use test_harness::net_peer::NetPeer;
 use test_harness::proto::response::create_network::Endpoint;
 use test_harness::{finish, pid_of, sh, Activity};
@@ -211,19 +211,7 @@ async fn an_inet_only_start_over_a_tcp_endpoint_gets_its_address_route_and_resol
         .await;
     let e = rt.create_network(vpn_request(&[])).await.unwrap_err();
     assert!(e.message.contains("--vpn-endpoint"), "{e:?}");
-    let reply = rt
-        .create_network(CreateNetwork {
-            networks: vec![Network {
-                addr: "10.42.42.1".into(),
-                gateway: "10.42.42.1".into(),
-                mask: "255.255.255.0".into(),
-                if_addr: "10.42.42.2".into(),
-            }],
-            hosts: Default::default(),
-            interface: 1,
-        })
-        .await
-        .unwrap();
+    let reply = rt.create_network(inet_request()).await.unwrap();
     assert!(
         matches!(reply.endpoint, Some(Endpoint::TcpStream(_))),
         "{reply:?}"
@@ -266,18 +254,7 @@ async fn inet_through_a_real_network_stack_reaches_a_server_on_the_hosts_loopbac
     let (rt, mut events) = activity
         .start_with(&["--inet-endpoint", &url, "start"])
         .await;
-    rt.create_network(CreateNetwork {
-        networks: vec![Network {
-            addr: GATEWAY.into(),
-            gateway: GATEWAY.into(),
-            mask: "255.255.255.0".into(),
-            if_addr: GUEST.into(),
-        }],
-        hosts: Default::default(),
-        interface: 1,
-    })
-    .await
-    .unwrap();
+    rt.create_network(inet_request()).await.unwrap();
     let port = server.addr().port();
     let out = guest(
         &rt,

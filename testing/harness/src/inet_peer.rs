@@ -20,6 +20,20 @@ pub const GUEST: &str = "10.42.42.2";
 /// The INET gateway (the exe-unit's stack; here passt, which maps it to the host's loopback).
 pub const GATEWAY: &str = "10.42.42.1";
 
+/// The `CreateNetwork` the exe-unit sends for INET: always this network, no host names.
+pub fn inet_request() -> ya_runtime_api::server::CreateNetwork {
+    ya_runtime_api::server::CreateNetwork {
+        networks: vec![ya_runtime_api::server::proto::Network {
+            addr: GATEWAY.into(),
+            gateway: GATEWAY.into(),
+            mask: "255.255.255.0".into(),
+            if_addr: GUEST.into(),
+        }],
+        hosts: Default::default(),
+        interface: 1,
+    }
+}
+
 /// passt and the bridge to it; both end when this is dropped.
 pub struct InetPeer {
     /// The bridge's UDP address (what `--inet-endpoint udp://…` names).

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use e2e::stats::percentile;
 use local_runner::vpn_switch::VpnSwitch;
 use test_fixtures::http::{Resource, Server};
-use test_harness::inet_peer::{InetPeer, GATEWAY, GUEST};
+use test_harness::inet_peer::{inet_request, InetPeer, GATEWAY};
 use test_harness::proto::response::create_network::Endpoint;
 use test_harness::{finish, pid_of, sample_image, sh, Activity};
 use tokio::net::UdpSocket;
@@ -230,18 +230,9 @@ async fn inet_download(runtime: &std::path::Path, image: &[u8], mib: u64) -> (f6
     a.deploy_now(&[]).await;
     let url = peer.url();
     let (rt, mut events) = a.start_with(&["--inet-endpoint", &url, "start"]).await;
-    rt.create_network(CreateNetwork {
-        networks: vec![Network {
-            addr: GATEWAY.into(),
-            gateway: GATEWAY.into(),
-            mask: "255.255.255.0".into(),
-            if_addr: GUEST.into(),
-        }],
-        hosts: Default::default(),
-        interface: 1,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("CreateNetwork: {}", e.message));
+    rt.create_network(inet_request())
+        .await
+        .unwrap_or_else(|e| panic!("CreateNetwork: {}", e.message));
     let port = server.addr().port();
     let fetch = format!("wget -q -O - http://{GATEWAY}:{port}/data | wc -c");
     let start = Instant::now();
