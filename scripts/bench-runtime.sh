@@ -7,12 +7,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
-bash scripts/setup.sh
-bash scripts/build-runtime.sh release >/dev/null
-bash scripts/build-sample-image.sh >/dev/null
-cargo build --quiet --release -p ya-runtime-vm
+prepare_release_vm
 cargo build --quiet --release -p e2e --bin bench-runtime
-target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-export YA_RUNTIME_VM_ACCEL=${YA_RUNTIME_VM_ACCEL:-tcg}
-YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime" "$target_dir/release/bench-runtime" \
-  "$target_dir/release/ya-runtime-vm" "$target_dir/x86_64-unknown-linux-gnu/release/vsock-send" "$@"
+"$TARGET_DIR/release/bench-runtime" \
+  "$TARGET_DIR/release/ya-runtime-vm" "$TARGET_DIR/x86_64-unknown-linux-gnu/release/vsock-send" "$@"

@@ -11,14 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
 mib=${BENCH_MIB:-256}
-bash scripts/setup.sh
-bash scripts/build-runtime.sh release >/dev/null
-image=$(bash scripts/build-sample-image.sh)
-cargo build --quiet --release -p ya-runtime-vm
-target_dir=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-bin="$target_dir/release/ya-runtime-vm"
-export YA_RUNTIME_VM_ACCEL=${YA_RUNTIME_VM_ACCEL:-tcg}
-export YA_RUNTIME_VM_RUNTIME_DIR="$target_dir/release/runtime"
+prepare_release_vm
+bin="$TARGET_DIR/release/ya-runtime-vm"
 export PATH="$TOOLS_DIR/bin:$PATH"
 
 work=$(mktemp -d "$REPO_ROOT/target/bench-storage.XXXXXX")
@@ -46,7 +40,7 @@ done'
 run_vm() { # workdir, override, targets...
   local wd=$1 override=$2
   shift 2
-  "$bin" --workdir "$wd" --task-package "$image" --mem-gib 1 --storage-gib 1 \
+  "$bin" --workdir "$wd" --task-package "$SAMPLE_IMAGE" --mem-gib 1 --storage-gib 1 \
     --volume-override "$override" run --entrypoint /bin/sh -- -c "$guest_script" sh "$@"
 }
 

@@ -34,3 +34,17 @@ busybox_rootfs() {
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
 }
+
+# prepare_release_vm: what every VM benchmark needs, installed and built once (idempotent): the
+# tools (setup.sh), the release runtime directory and ya-runtime-vm binary, the sample image.
+# Sets TARGET_DIR and SAMPLE_IMAGE; exports YA_RUNTIME_VM_RUNTIME_DIR (the release runtime
+# directory) and YA_RUNTIME_VM_ACCEL (tcg unless already set).
+prepare_release_vm() {
+  bash "$REPO_ROOT/scripts/setup.sh"
+  bash "$REPO_ROOT/scripts/build-runtime.sh" release >/dev/null
+  SAMPLE_IMAGE=$(bash "$REPO_ROOT/scripts/build-sample-image.sh")
+  (cd "$REPO_ROOT" && cargo build --quiet --release -p ya-runtime-vm)
+  TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+  export YA_RUNTIME_VM_RUNTIME_DIR="$TARGET_DIR/release/runtime"
+  export YA_RUNTIME_VM_ACCEL=${YA_RUNTIME_VM_ACCEL:-tcg}
+}
