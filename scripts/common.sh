@@ -8,11 +8,9 @@ TOOLS_DIR="${YA_RUNTIME_VM_TOOLS_DIR:-$REPO_ROOT/.tools}"
 VIRTIOFSD_VERSION=1.14.0
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 CARGO_DEB_VERSION=3.8.0
-# The Debian cloud kernel (virtio, vsock, virtiofs, squashfs and overlay as plain .ko modules).
-# If Debian has dropped this ABI from its archive, setup.sh falls back to what the
-# linux-image-cloud-amd64 meta-package points at, and says so.
-KERNEL_PACKAGE="${YA_RUNTIME_VM_KERNEL_PACKAGE:-linux-image-6.1.0-56-cloud-amd64-unsigned}"
-KERNEL_DIR="$TOOLS_DIR/kernel"
+# Built guest kernels (scripts/build-kernel.sh), one directory per source version and
+# configuration: outside the clone, so that every clone on this machine shares them.
+KERNEL_CACHE="${YA_RUNTIME_VM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ya-runtime-vm}/kernel"
 
 export PATH="$TOOLS_DIR/bin:$PATH"
 

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing ya-runtime-vm needs on a Debian machine with Rust.
 # Idempotent and quiet when everything is already there. Run as root or with sudo available.
-#   - Debian packages (QEMU, e2fsprogs, squashfs-tools, cpio, kmod, busybox-static, passt (the
-#     tests' stand-in for the exe-unit's INET stack), build libraries, protoc)
+#   - Debian packages (QEMU, e2fsprogs, squashfs-tools, cpio, busybox-static, passt (the tests'
+#     stand-in for the exe-unit's INET stack), build libraries, protoc, and linux-source-6.1 with
+#     what building a kernel needs)
 #   - virtiofsd and vhost-device-vsock, built with `cargo install` into $TOOLS_DIR/bin (pinned),
 #     and cargo-deb for the .deb package
-#   - the Debian cloud kernel, extracted into $TOOLS_DIR/kernel with its modules indexed by depmod
+#   - the guest kernel, built from linux-source-6.1 by scripts/build-kernel.sh (cached per
+#     configuration outside the clone)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 APT_PACKAGES=(
-  qemu-system-x86 e2fsprogs squashfs-tools cpio kmod busybox-static
+  qemu-system-x86 e2fsprogs squashfs-tools cpio busybox-static
   passt
   libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
+  linux-source-6.1 make bc bison flex libelf-dev
 )
 
 as_root() {
@@ -59,58 +62,6 @@ cargo_tool() {
   echo "$version" >"$stamp"
 }
 
-# The kernel package to use: the pinned one, or the current one if Debian no longer has it.
-kernel_package() {
-  if apt-cache show "$KERNEL_PACKAGE" >/dev/null 2>&1; then
-    echo "$KERNEL_PACKAGE"; return
-  fi
-  apt_update_once
-  if apt-cache show "$KERNEL_PACKAGE" >/dev/null 2>&1; then
-    echo "$KERNEL_PACKAGE"; return
-  fi
-  local dep
-  dep=$(apt-cache show linux-image-cloud-amd64 2>/dev/null | sed -n 's/^Depends: \(linux-image-[^ ,]*\).*/\1/p' | head -n1)
-  [ -n "$dep" ] || die "neither $KERNEL_PACKAGE nor linux-image-cloud-amd64 is in the apt sources"
-  say "setup: $KERNEL_PACKAGE is no longer in Debian's archive; using $dep-unsigned"
-  echo "$dep-unsigned"
-}
-
-fetch_kernel() {
-  if [ -f "$KERNEL_DIR/stamp" ] && [ "$(cat "$KERNEL_DIR/stamp")" = "$KERNEL_PACKAGE" ] \
-     && [ -e "$KERNEL_DIR/vmlinuz" ]; then
-    return 0
-  fi
-  local pkg
-  pkg=$(kernel_package)
-  if [ -f "$KERNEL_DIR/stamp" ] && [ "$(cat "$KERNEL_DIR/stamp")" = "$pkg" ] && [ -e "$KERNEL_DIR/vmlinuz" ]; then
-    return 0
-  fi
-  say "setup: fetching the guest kernel ($pkg)"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) \
-    || { apt_update_once; (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null); } \
-    || die "apt-get download $pkg failed"
-  dpkg -x "$tmp"/*.deb "$tmp/root" || die "cannot extract $pkg"
-  local vmlinuz version
-  vmlinuz=$(ls "$tmp"/root/boot/vmlinuz-* 2>/dev/null | head -n1)
-  [ -n "$vmlinuz" ] || die "$pkg holds no /boot/vmlinuz-*"
-  version=${vmlinuz##*/vmlinuz-}
-  depmod -b "$tmp/root" "$version" || die "depmod failed for $version"
-  rm -rf "$KERNEL_DIR.new"
-  mkdir -p "$KERNEL_DIR.new"
-  cp "$vmlinuz" "$KERNEL_DIR.new/vmlinuz"
-  mkdir -p "$KERNEL_DIR.new/lib/modules"
-  mv "$tmp/root/lib/modules/$version" "$KERNEL_DIR.new/lib/modules/$version"
-  echo "$version" >"$KERNEL_DIR.new/version"
-  echo "$pkg" >"$KERNEL_DIR.new/stamp"
-  rm -rf "$KERNEL_DIR"
-  mv "$KERNEL_DIR.new" "$KERNEL_DIR"
-  rm -rf "$tmp"
-}
-
-tmp=
-trap '[ -z "$tmp" ] || rm -rf "$tmp"' EXIT
-
 main() {
   [ -r /etc/debian_version ] || die "this script supports Debian (and derivatives with apt) only"
   install_packages
@@ -118,7 +69,9 @@ main() {
   cargo_tool virtiofsd "$VIRTIOFSD_VERSION"
   cargo_tool vhost-device-vsock "$VHOST_DEVICE_VSOCK_VERSION"
   cargo_tool cargo-deb "$CARGO_DEB_VERSION"
-  fetch_kernel
+  bash "$REPO_ROOT/scripts/build-kernel.sh" >/dev/null
+  # Earlier versions kept Debian's kernel and its modules here.
+  rm -rf "$TOOLS_DIR/kernel"
 }
 
 main "$@"

@@ -360,8 +360,6 @@ fn write_identity_files(root: &Path, host: &str) -> Result<()> {
 /// Runs the whole boot sequence; returns the host's vsock port for the agent.
 pub fn boot() -> Result<u32> {
     kernel_filesystems()?;
-    let n = crate::modules::load_all(Path::new(crate::modules::MODULES_DIR))?;
-    log!("loaded {n} modules");
     crate::network::loopback_up()?;
     let params = BootParams::parse(&kernel_cmdline())
         .map_err(|e| InitError::invalid(format!("kernel command line: {e}")))?;

@@ -13,7 +13,6 @@ mod console;
 mod error;
 mod in_root;
 mod limits;
-mod modules;
 mod netlink;
 mod network;
 mod process;

@@ -219,7 +219,7 @@ mod tests {
             machine,
             cpus: 2,
             memory_mib: 512,
-            kernel: "/rt/vmlinuz".into(),
+            kernel: "/rt/vmlinux".into(),
             initrd: "/rt/initramfs.cpio.gz".into(),
             cmdline: "console=ttyS0 quiet panic=-1".into(),
             disks: vec![Disk {
@@ -261,7 +261,7 @@ mod tests {
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -chardev file,id=console,path=/run/a/console.log -serial chardev:console \
-             -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
+             -kernel /rt/vmlinux -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
              -drive file=/cache/img,,1.gvmi,if=none,id=disk0,format=raw,readonly=on \
              -device virtio-blk-pci,drive=disk0,serial=image \
              -chardev socket,id=vsock,path=/run/a/vsock.sock -device vhost-user-vsock-pci,chardev=vsock \
@@ -295,7 +295,7 @@ mod tests {
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-device,free-page-reporting=on -serial none \
-             -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
+             -kernel /rt/vmlinux -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
              -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,werror=report,rerror=report \
              -device virtio-blk-device,drive=disk0,serial=image \
              -device vhost-vsock-device,guest-cid=7 \

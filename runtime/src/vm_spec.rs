@@ -176,7 +176,7 @@ mod tests {
         let args = vm_config(
             &d,
             Accel::Tcg,
-            "/rt/vmlinuz".into(),
+            "/rt/vmlinux".into(),
             "/rt/initramfs.cpio".into(),
             devices,
         )
@@ -191,7 +191,7 @@ mod tests {
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-pci,free-page-reporting=on \
              -chardev socket,id=console,fd=9 -serial chardev:console \
-             -kernel /rt/vmlinuz -initrd /rt/initramfs.cpio \
+             -kernel /rt/vmlinux -initrd /rt/initramfs.cpio \
              -append console=ttyS0 quiet panic=-1 yarv.hostname=node-1 yarv.root=disk \
              -drive file=/cache/img,,1.gvmi,if=none,id=disk0,format=raw,readonly=on \
              -device virtio-blk-pci,drive=disk0,serial=image \

@@ -48,7 +48,7 @@ fn files_are_in_yagnas_plugin_layout() {
         format!("{dir}/runtime/self-test.gvmi"),
         format!("{dir}/runtime/vhost-device-vsock"),
         format!("{dir}/runtime/virtiofsd"),
-        format!("{dir}/runtime/vmlinuz"),
+        format!("{dir}/runtime/vmlinux"),
         format!("{dir}/ya-runtime-vm"),
         "usr/share/doc/ya-runtime-vm/copyright".to_string(),
     ];

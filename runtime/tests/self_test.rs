@@ -93,7 +93,7 @@ fn missing_pieces_are_named_with_what_to_do() {
     let rt = tmp.path().join("runtime");
     std::fs::create_dir(&rt).unwrap();
     let built = repo().join("target/debug/runtime");
-    for f in ["vmlinuz", "initramfs.cpio"] {
+    for f in ["vmlinux", "initramfs.cpio"] {
         std::os::unix::fs::symlink(built.join(f), rt.join(f)).unwrap();
     }
     let dir = rt.to_str().unwrap();
@@ -117,7 +117,7 @@ fn missing_pieces_are_named_with_what_to_do() {
     assert_one_line_failure(&out, &report, "--mem-gib");
 
     // No kernel at all.
-    std::fs::remove_file(rt.join("vmlinuz")).unwrap();
+    std::fs::remove_file(rt.join("vmlinux")).unwrap();
     let (out, report) = self_test(
         &["--accel", "tcg", "--runtime-dir", dir],
         &full_path(),

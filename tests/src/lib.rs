@@ -25,7 +25,7 @@ use agent_protocol::{
 /// Where the artifacts the tests boot live.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    /// `vmlinuz`, `initramfs*`.
+    /// `vmlinux`, `initramfs*`.
     pub runtime_dir: PathBuf,
     /// `virtiofsd`, `vhost-device-vsock`.
     pub tools_bin: PathBuf,
@@ -52,7 +52,7 @@ impl Artifacts {
             image: env_or("E2E_IMAGE", root.join("target/images/sample.gvmi")),
         };
         for (p, how) in [
-            (a.runtime_dir.join("vmlinuz"), "scripts/build-runtime.sh"),
+            (a.runtime_dir.join("vmlinux"), "scripts/build-runtime.sh"),
             (a.initramfs(), "scripts/build-runtime.sh"),
             (a.tools_bin.join("virtiofsd"), "scripts/setup.sh"),
             (a.tools_bin.join("vhost-device-vsock"), "scripts/setup.sh"),
@@ -239,7 +239,7 @@ pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<S
         machine: Machine::Q35,
         cpus: 1,
         memory_mib: 256,
-        kernel: a.runtime_dir.join("vmlinuz"),
+        kernel: a.runtime_dir.join("vmlinux"),
         initrd: initrd.to_path_buf(),
         cmdline: "console=ttyS0 quiet panic=-1 yarv.hostname=e2e".into(),
         disks: Vec::new(),

@@ -171,7 +171,7 @@ mod tests {
         let opts = VmOptions {
             runtime_dir: RuntimeDir {
                 dir: "/nonexistent".into(),
-                kernel: "/nonexistent/vmlinuz".into(),
+                kernel: "/nonexistent/vmlinux".into(),
                 initramfs: "/nonexistent/initramfs.cpio".into(),
             },
             accel: qemu_config::Accel::Tcg,

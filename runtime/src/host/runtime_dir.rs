@@ -30,7 +30,7 @@ pub struct RuntimeDir {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuntimeDirError {
     /// The directory has no kernel.
-    #[error("runtime directory {0}: no guest kernel (vmlinuz); build it with scripts/build-runtime.sh or set --runtime-dir")]
+    #[error("runtime directory {0}: no guest kernel (vmlinux); build it with scripts/build-runtime.sh or set --runtime-dir")]
     NoKernel(PathBuf),
     /// The directory has no initramfs.
     #[error("runtime directory {0}: no initramfs; build it with scripts/build-runtime.sh or set --runtime-dir")]
@@ -43,7 +43,7 @@ pub enum RuntimeDirError {
 impl RuntimeDir {
     /// Checks `dir`.
     pub fn at(dir: &Path) -> Result<Self, RuntimeDirError> {
-        let kernel = dir.join("vmlinuz");
+        let kernel = dir.join("vmlinux");
         if !kernel.is_file() {
             return Err(RuntimeDirError::NoKernel(dir.to_path_buf()));
         }
@@ -87,7 +87,7 @@ mod tests {
             RuntimeDir::at(d.path()).unwrap_err(),
             RuntimeDirError::NoKernel(d.path().to_path_buf())
         );
-        std::fs::write(d.path().join("vmlinuz"), b"k").unwrap();
+        std::fs::write(d.path().join("vmlinux"), b"k").unwrap();
         assert_eq!(
             RuntimeDir::at(d.path()).unwrap_err(),
             RuntimeDirError::NoInitramfs(d.path().to_path_buf())
@@ -96,7 +96,7 @@ mod tests {
         std::fs::write(d.path().join("initramfs.cpio.gz"), b"i").unwrap();
         let r = RuntimeDir::locate(Some(d.path())).unwrap();
         assert_eq!(r.initramfs, d.path().join("initramfs.cpio"));
-        assert_eq!(r.kernel, d.path().join("vmlinuz"));
+        assert_eq!(r.kernel, d.path().join("vmlinux"));
     }
 
     #[test]
