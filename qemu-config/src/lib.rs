@@ -8,6 +8,7 @@
 
 pub mod accel;
 mod render;
+pub mod tsc;
 
 use std::path::PathBuf;
 
@@ -18,11 +19,26 @@ pub use accel::{choose_accel, Accel, AccelChoice, AccelRequest, HostProbe};
 pub enum Machine {
     /// PC with PCIe (`-M q35`): virtio devices on PCI, ACPI power-off.
     Q35,
-    /// Firecracker-like minimal machine (`-M microvm`): virtio-mmio devices, faster boot. Under
-    /// TCG on a loaded host the guest kernel can hang calibrating the TSC (no HPET or PM timer):
-    /// pass `tsc_early_khz=<host TSC kHz>` on its command line, and `reboot=t` so that a panic
-    /// ends QEMU instead of rebooting the guest.
+    /// Firecracker-like minimal machine (`-M microvm`): virtio-mmio devices found through ACPI,
+    /// no PCI, no firmware but qboot; boots faster and holds less memory. Under TCG its guest
+    /// needs the host's TSC frequency ([`VmConfig::tsc_khz`]); a panic restarts the guest with a
+    /// triple fault (`reboot=t`, rendered with the machine), which `-no-reboot` turns into QEMU's
+    /// exit.
     Microvm,
+}
+
+impl Machine {
+    /// The machine for `accel`, with the TSC frequency to give its guest
+    /// ([`VmConfig::tsc_khz`]): microvm, told the host's TSC frequency under TCG; q35 under TCG
+    /// when that frequency is not known (`host_tsc_khz`), where only q35's timers let the guest
+    /// calibrate its clock. Under KVM the guest reads its clock's rate from the hypervisor.
+    pub fn for_host(accel: Accel, host_tsc_khz: Option<u64>) -> (Machine, Option<u64>) {
+        match (accel, host_tsc_khz) {
+            (Accel::Kvm, _) => (Machine::Microvm, None),
+            (Accel::Tcg, Some(khz)) => (Machine::Microvm, Some(khz)),
+            (Accel::Tcg, None) => (Machine::Q35, None),
+        }
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -114,8 +130,11 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// The initramfs.
     pub initrd: PathBuf,
-    /// The kernel command line.
+    /// The kernel command line (the machine's own parameters are added when rendering).
     pub cmdline: String,
+    /// The guest TSC's frequency in kHz, given to the guest kernel (`tsc_early_khz=`) instead of
+    /// its own calibration: set it for microvm under TCG ([`tsc::host_tsc_khz`]).
+    pub tsc_khz: Option<u64>,
     /// Disks, in order.
     pub disks: Vec<Disk>,
     /// The vsock device, if any.

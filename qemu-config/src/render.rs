@@ -69,6 +69,18 @@ fn vhost_user(
 }
 
 impl VmConfig {
+    /// The kernel command line with what the machine and the clock need.
+    fn full_cmdline(&self) -> String {
+        let mut line = self.cmdline.clone();
+        if self.machine == Machine::Microvm {
+            line.push_str(" reboot=t");
+        }
+        if let Some(khz) = self.tsc_khz {
+            line.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        line
+    }
+
     /// QEMU's argv (without the program name).
     pub fn to_args(&self) -> Result<Vec<String>, ConfigError> {
         if self.cpus == 0 {
@@ -135,7 +147,7 @@ impl VmConfig {
                 value: self.cmdline.clone(),
             });
         }
-        push(&["-append", &self.cmdline]);
+        push(&["-append", &self.full_cmdline()]);
         for (i, d) in self.disks.iter().enumerate() {
             let access = match d.access {
                 DiskAccess::ReadOnly => ",readonly=on",
@@ -246,6 +258,7 @@ mod tests {
             }],
             console: Console::File("/run/a/console.log".into()),
             free_page_reporting: false,
+            tsc_khz: None,
         }
     }
 
@@ -295,7 +308,7 @@ mod tests {
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-device,free-page-reporting=on -serial none \
-             -kernel /rt/vmlinux -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 \
+             -kernel /rt/vmlinux -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 reboot=t \
              -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,werror=report,rerror=report \
              -device virtio-blk-device,drive=disk0,serial=image \
              -device vhost-vsock-device,guest-cid=7 \
@@ -305,6 +318,35 @@ mod tests {
              -netdev dgram,id=net1,local.type=fd,local.str=12 \
              -device virtio-net-device,netdev=net1,mac=02:59:02:00:00:01"
         );
+    }
+
+    #[test]
+    fn the_guest_gets_the_tsc_frequency_it_cannot_measure() {
+        let mut c = sample(Machine::Microvm);
+        c.tsc_khz = Some(2_596_136);
+        let args = c.to_args().unwrap();
+        let at = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(
+            args[at + 1],
+            "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2596136"
+        );
+    }
+
+    #[test]
+    fn microvm_unless_tcg_has_no_tsc_frequency() {
+        assert_eq!(
+            Machine::for_host(Accel::Kvm, None),
+            (Machine::Microvm, None)
+        );
+        assert_eq!(
+            Machine::for_host(Accel::Kvm, Some(1)),
+            (Machine::Microvm, None)
+        );
+        assert_eq!(
+            Machine::for_host(Accel::Tcg, Some(1)),
+            (Machine::Microvm, Some(1))
+        );
+        assert_eq!(Machine::for_host(Accel::Tcg, None), (Machine::Q35, None));
     }
 
     #[test]

@@ -139,9 +139,17 @@ fn vm_options(cli: &Cli, network: Vec<(Interface, Transport)>) -> anyhow::Result
     } else {
         tracing::debug!("{}", choice.reason);
     }
+    let host_tsc_khz = match choice.accel {
+        Accel::Tcg => qemu_config::tsc::host_tsc_khz(),
+        Accel::Kvm => None,
+    };
+    if choice.accel == Accel::Tcg && host_tsc_khz.is_none() {
+        tracing::warn!("the host's TSC frequency is unknown: booting q35, slower than microvm");
+    }
     Ok(VmOptions {
         runtime_dir,
         accel: choice.accel,
+        host_tsc_khz,
         vsock: cli.vsock,
         network,
     })

@@ -44,6 +44,9 @@ pub struct VmOptions {
     pub runtime_dir: RuntimeDir,
     /// The accelerator.
     pub accel: Accel,
+    /// The host TSC's frequency in kHz where it was measured (under TCG: the guest needs it on
+    /// microvm, see [`qemu_config::tsc`]).
+    pub host_tsc_khz: Option<u64>,
     /// The vsock transport.
     pub vsock: VsockRequest,
     /// The exe-unit's network endpoints: one card each.
@@ -134,6 +137,7 @@ impl RunningVm {
         let config = vm_spec::vm_config(
             d,
             opts.accel,
+            opts.host_tsc_khz,
             opts.runtime_dir.kernel.clone(),
             opts.runtime_dir.initramfs.clone(),
             Devices {

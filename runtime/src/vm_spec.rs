@@ -41,10 +41,12 @@ pub fn boot_params(d: &Deployment, agent_port: Option<u32>) -> BootParams {
     }
 }
 
-/// QEMU's configuration for `d`.
+/// QEMU's configuration for `d`; the machine follows the accelerator and whether the host's
+/// TSC frequency is known ([`Machine::for_host`]).
 pub fn vm_config(
     d: &Deployment,
     accel: Accel,
+    host_tsc_khz: Option<u64>,
     kernel: PathBuf,
     initrd: PathBuf,
     devices: Devices,
@@ -65,9 +67,11 @@ pub fn vm_config(
             serial,
             access: DiskAccess::Scratch,
         });
+    let (machine, tsc_khz) = Machine::for_host(accel, host_tsc_khz);
     Ok(VmConfig {
         accel,
-        machine: Machine::Q35,
+        machine,
+        tsc_khz,
         cpus: d.resources.cpu_cores,
         memory_mib,
         kernel,
@@ -176,6 +180,7 @@ mod tests {
         let args = vm_config(
             &d,
             Accel::Tcg,
+            Some(2_596_136),
             "/rt/vmlinux".into(),
             "/rt/initramfs.cpio".into(),
             devices,
@@ -186,24 +191,24 @@ mod tests {
         .join(" ");
         assert_eq!(
             args,
-            "-accel tcg -M q35 -cpu max -smp 2 -m 512M \
+            "-accel tcg -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
-             -device virtio-balloon-pci,free-page-reporting=on \
+             -device virtio-balloon-device,free-page-reporting=on \
              -chardev socket,id=console,fd=9 -serial chardev:console \
              -kernel /rt/vmlinux -initrd /rt/initramfs.cpio \
-             -append console=ttyS0 quiet panic=-1 yarv.hostname=node-1 yarv.root=disk \
+             -append console=ttyS0 quiet panic=-1 yarv.hostname=node-1 yarv.root=disk reboot=t tsc_early_khz=2596136 \
              -drive file=/cache/img,,1.gvmi,if=none,id=disk0,format=raw,readonly=on \
-             -device virtio-blk-pci,drive=disk0,serial=image \
+             -device virtio-blk-device,drive=disk0,serial=image \
              -drive file=/dev/fd/7,if=none,id=disk1,format=raw,cache.no-flush=on,werror=report,rerror=report \
-             -device virtio-blk-pci,drive=disk1,serial=root \
+             -device virtio-blk-device,drive=disk1,serial=root \
              -drive file=/dev/fd/8,if=none,id=disk2,format=raw,cache.no-flush=on,werror=report,rerror=report \
-             -device virtio-blk-pci,drive=disk2,serial=data0 \
-             -chardev socket,id=vsock,path=/tmp/yrv-x/vsock.sock -device vhost-user-vsock-pci,chardev=vsock \
-             -chardev socket,id=fs0,path=/tmp/yrv-x/fs0.sock -device vhost-user-fs-pci,chardev=fs0,tag=vol0 \
-             -chardev socket,id=fs1,path=/tmp/yrv-x/fs1.sock -device vhost-user-fs-pci,chardev=fs1,tag=vol1 \
+             -device virtio-blk-device,drive=disk2,serial=data0 \
+             -chardev socket,id=vsock,path=/tmp/yrv-x/vsock.sock -device vhost-user-vsock-device,chardev=vsock \
+             -chardev socket,id=fs0,path=/tmp/yrv-x/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=vol0 \
+             -chardev socket,id=fs1,path=/tmp/yrv-x/fs1.sock -device vhost-user-fs-device,chardev=fs1,tag=vol1 \
              -netdev dgram,id=net0,local.type=fd,local.str=10 \
-             -device virtio-net-pci,netdev=net0,mac=02:59:01:aa:bb:cc,romfile="
+             -device virtio-net-device,netdev=net0,mac=02:59:01:aa:bb:cc"
         );
     }
 

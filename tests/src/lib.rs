@@ -231,12 +231,23 @@ impl Drop for Vm {
     }
 }
 
+/// The machine the runtime boots under TCG on this host, as benchmarks name it.
+pub fn machine_name() -> &'static str {
+    match Machine::for_host(Accel::Tcg, qemu_config::tsc::host_tsc_khz()).0 {
+        Machine::Microvm => "microvm",
+        Machine::Q35 => "q35",
+    }
+}
+
 /// QEMU's argv for one VM in `d` (sockets made by the helpers there), rendered by qemu-config;
 /// `devices` adds the image disk, the volume and vsock.
 pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<String> {
+    // The machine the runtime boots under TCG on this host.
+    let (machine, tsc_khz) = Machine::for_host(Accel::Tcg, qemu_config::tsc::host_tsc_khz());
     let mut vm = VmConfig {
         accel: Accel::Tcg,
-        machine: Machine::Q35,
+        machine,
+        tsc_khz,
         cpus: 1,
         memory_mib: 256,
         kernel: a.runtime_dir.join("vmlinux"),

@@ -175,6 +175,7 @@ mod tests {
                 initramfs: "/nonexistent/initramfs.cpio".into(),
             },
             accel: qemu_config::Accel::Tcg,
+            host_tsc_khz: None,
             vsock: crate::cli::VsockRequest::Auto,
             network: Vec::new(),
         };

@@ -53,7 +53,10 @@ fn main() {
     rtt.sort();
 
     let (f, r) = (median(floor.clone()), median(ready.clone()));
-    println!("guest benchmark (TCG, q35, 1 vCPU, 256 MiB)");
+    println!(
+        "guest benchmark (TCG, {}, 1 vCPU, 256 MiB)",
+        e2e::machine_name()
+    );
     println!(
         "  bare kernel-boot floor (start → power-off)   median {:8.0} ms  runs {}",
         ms(f),

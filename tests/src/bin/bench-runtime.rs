@@ -256,7 +256,8 @@ async fn main() {
     let alone_rate = mib_per_s(bytes, alone_took);
     let (vol_rate, host_rate) = (mib_per_s(bytes, vol_took), mib_per_s(bytes, host_took));
     println!(
-        "runtime benchmark (ya-runtime-vm start via ya-runtime-api; TCG, q35, 1 vCPU, 256 MiB)"
+        "runtime benchmark (ya-runtime-vm start via ya-runtime-api; TCG, {}, 1 vCPU, 256 MiB)",
+        e2e::machine_name()
     );
     println!("| measure | ours | reference | ratio |");
     println!("| --- | --- | --- | --- |");
