@@ -36,17 +36,27 @@ source_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) \
 key=$( { echo "recipe=$RECIPE"; echo "source=$source_version"; cat "$FRAGMENT"; } | sha256sum | cut -c1-16)
 entry="$KERNEL_CACHE/$key"
 
-if [ -r "$entry/vmlinux" ] && [ -r "$entry/version" ]; then
+built() { [ -r "$entry/vmlinux" ] && [ -r "$entry/version" ]; }
+if built; then
   echo "$entry"
   exit 0
 fi
 [ "$mode" = build ] || die "guest kernel $key (linux-source-6.1 $source_version) not built: run scripts/setup.sh"
 
-for tool in make gcc bc bison flex strip tar; do
+# One build at a time per cache (clones on one machine share it): a second caller waits, then
+# finds the entry the first one made.
+mkdir -p "$KERNEL_CACHE"
+exec 9>"$KERNEL_CACHE/.lock"
+flock 9 || die "cannot lock $KERNEL_CACHE/.lock"
+if built; then
+  echo "$entry"
+  exit 0
+fi
+
+for tool in make gcc bc bison flex strip tar flock; do
   command -v "$tool" >/dev/null || die "$tool not found (run scripts/setup.sh)"
 done
 
-mkdir -p "$KERNEL_CACHE"
 work=$(mktemp -d "$KERNEL_CACHE/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 say "setup: building the guest kernel (linux-source-6.1 $source_version, config $key; about 7 minutes, once)"
