@@ -413,7 +413,7 @@ impl Agent {
                 version: agent_protocol::VERSION as u32,
             }),
             request::Body::Run(req) => {
-                match process::spawn(&self.root, &req, self.limits.procs_fd()) {
+                match process::spawn(&self.root, &req, self.limits.cgroup_fd()) {
                     Ok(p) => {
                         let pid = p.pid;
                         self.procs.insert(pid, p);

@@ -49,12 +49,12 @@ impl fmt::Display for InitError {
         if self.errno == 0 {
             f.write_str(&self.context)
         } else {
-            write!(
-                f,
-                "{}: {}",
-                self.context,
-                Errno::from_raw(self.errno).desc()
-            )
+            // The C library's wording, as the requestor's own programs print it (nix's table
+            // says "Try again" where they say "Resource temporarily unavailable").
+            let text = std::io::Error::from_raw_os_error(self.errno).to_string();
+            let suffix = format!(" (os error {})", self.errno);
+            let text = text.strip_suffix(&suffix).unwrap_or(&text);
+            write!(f, "{}: {text}", self.context)
         }
     }
 }

@@ -44,9 +44,9 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
 
 /// What the spawned processes are put into.
 pub struct Limits {
-    /// `cgroup.procs` of the requestor's cgroup, open for writing (`None`: no cgroup, the limit
-    /// could not be set up and processes run without it).
-    procs: Option<OwnedFd>,
+    /// The requestor's cgroup directory, open (`None`: no cgroup, the limit could not be set up
+    /// and processes run without it).
+    cgroup: Option<OwnedFd>,
 }
 
 impl Limits {
@@ -61,25 +61,27 @@ impl Limits {
             );
         }
         match requestor_cgroup() {
-            Ok((procs, pids)) => {
+            Ok((cgroup, pids)) => {
                 log!("requestor processes limited to {pids}");
-                Self { procs: Some(procs) }
+                Self {
+                    cgroup: Some(cgroup),
+                }
             }
             Err(e) => {
                 log!("no process limit for the requestor: {e}");
-                Self { procs: None }
+                Self { cgroup: None }
             }
         }
     }
 
-    /// The descriptor a new process writes `0` to, to join the requestor's cgroup.
-    pub fn procs_fd(&self) -> Option<RawFd> {
-        self.procs.as_ref().map(AsRawFd::as_raw_fd)
+    /// The requestor's cgroup directory, which new processes are born in.
+    pub fn cgroup_fd(&self) -> Option<RawFd> {
+        self.cgroup.as_ref().map(AsRawFd::as_raw_fd)
     }
 }
 
 /// Mounts cgroup2, enables the pids controller for children and makes the requestor's cgroup
-/// with its limit; returns its `cgroup.procs` and the limit.
+/// with its limit; returns its directory, open, and the limit.
 fn requestor_cgroup() -> Result<(OwnedFd, u64), String> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // favordynmods: moving a process into a cgroup then skips an RCU grace period, which under
@@ -99,11 +101,8 @@ fn requestor_cgroup() -> Result<(OwnedFd, u64), String> {
     let pids = pids_for(mem_total_kib(&meminfo).unwrap_or(0));
     fs::write(format!("{REQUESTOR}/pids.max"), pids.to_string())
         .map_err(|e| format!("set pids.max: {e}"))?;
-    let procs = fs::OpenOptions::new()
-        .write(true)
-        .open(format!("{REQUESTOR}/cgroup.procs"))
-        .map_err(|e| format!("open {REQUESTOR}/cgroup.procs: {e}"))?;
-    Ok((procs.into(), pids))
+    let dir = fs::File::open(REQUESTOR).map_err(|e| format!("open {REQUESTOR}: {e}"))?;
+    Ok((dir.into(), pids))
 }
 
 #[cfg(test)]

@@ -86,8 +86,8 @@ pub fn set_nonblocking(fd: RawFd) -> Result<()> {
 }
 
 /// Starts `req` chrooted into `root`, as the requested user, with exactly the given environment.
-/// `cgroup_procs` is the cgroup it joins (see [`crate::limits`]).
-pub fn spawn(root: &Path, req: &RunProcess, cgroup_procs: Option<RawFd>) -> Result<Proc> {
+/// `cgroup` is the directory of the cgroup it is born in (see [`crate::limits`]).
+pub fn spawn(root: &Path, req: &RunProcess, cgroup: Option<RawFd>) -> Result<Proc> {
     if req.path.is_empty() {
         return Err(InitError::invalid("the program path is empty"));
     }
@@ -152,12 +152,15 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup_procs: Option<RawFd>) -> Resu
         groups: id.groups.clone(),
         gid: id.gid,
         uid: id.uid,
-        cgroup_procs: cgroup_procs.unwrap_or(-1),
+        cgroup: cgroup.unwrap_or(-1),
     };
     let pid = match spawn::spawn(&plan) {
         Ok(pid) => pid,
         Err((Step::Exec, errno)) => {
             return Err(InitError::sys(format!("exec {}", req.path), errno))
+        }
+        Err((Step::Start, errno)) => {
+            return Err(InitError::sys(format!("start {}", req.path), errno))
         }
         Err((step, errno)) => {
             return Err(InitError::sys(
