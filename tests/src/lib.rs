@@ -125,8 +125,14 @@ fn spawn(cmd: &mut Command) -> Child {
 }
 
 impl Vm {
-    /// Boots the sample image with the agent initramfs and a shared volume dir.
+    /// Boots the sample image with the agent initramfs and a shared volume dir, on the machine
+    /// the runtime picks for TCG on this host.
     pub fn boot(a: &Artifacts) -> Self {
+        Self::boot_on(a, host_machine())
+    }
+
+    /// [`Vm::boot`] on a given machine, with the TSC frequency its guest is told.
+    pub fn boot_on(a: &Artifacts, machine: (Machine, Option<u64>)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let volume = d.join("volume");
@@ -159,7 +165,7 @@ impl Vm {
             .expect("nonblocking listener");
         let qemu = spawn(
             Command::new("qemu-system-x86_64")
-                .args(qemu_args(a, d, &a.initramfs(), true))
+                .args(qemu_args_on(machine, a, d, &a.initramfs(), true))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(d.join("qemu.log")).expect("log")),
         );
@@ -231,9 +237,14 @@ impl Drop for Vm {
     }
 }
 
+/// The machine the runtime boots under TCG on this host, with its guest's TSC frequency.
+pub fn host_machine() -> (Machine, Option<u64>) {
+    Machine::for_host(Accel::Tcg, qemu_config::tsc::host_tsc_khz())
+}
+
 /// The machine the runtime boots under TCG on this host, as benchmarks name it.
 pub fn machine_name() -> &'static str {
-    match Machine::for_host(Accel::Tcg, qemu_config::tsc::host_tsc_khz()).0 {
+    match host_machine().0 {
         Machine::Microvm => "microvm",
         Machine::Q35 => "q35",
     }
@@ -242,8 +253,17 @@ pub fn machine_name() -> &'static str {
 /// QEMU's argv for one VM in `d` (sockets made by the helpers there), rendered by qemu-config;
 /// `devices` adds the image disk, the volume and vsock.
 pub fn qemu_args(a: &Artifacts, d: &Path, initrd: &Path, devices: bool) -> Vec<String> {
-    // The machine the runtime boots under TCG on this host.
-    let (machine, tsc_khz) = Machine::for_host(Accel::Tcg, qemu_config::tsc::host_tsc_khz());
+    qemu_args_on(host_machine(), a, d, initrd, devices)
+}
+
+/// [`qemu_args`] on a given machine, with the TSC frequency its guest is told.
+pub fn qemu_args_on(
+    (machine, tsc_khz): (Machine, Option<u64>),
+    a: &Artifacts,
+    d: &Path,
+    initrd: &Path,
+    devices: bool,
+) -> Vec<String> {
     let mut vm = VmConfig {
         accel: Accel::Tcg,
         machine,

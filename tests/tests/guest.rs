@@ -246,3 +246,24 @@ fn guest_agent_scenario() {
         vm.console()
     );
 }
+
+/// The machine the runtime falls back to under TCG when the host's TSC frequency is unknown:
+/// q35, whose guest calibrates its own clock. The same kernel and init boot there, run a
+/// command in the requestor's cgroup, write to the console and power off.
+#[test]
+fn the_q35_fallback_boots_runs_and_powers_off() {
+    let artifacts = Artifacts::find();
+    let mut vm = Vm::boot_on(&artifacts, (qemu_config::Machine::Q35, None));
+    let mut agent = vm.connect(BOOT_LIMIT);
+    let done = run_ok(
+        &mut agent,
+        sh("cat /proc/self/cgroup; echo to-the-console > /dev/console && echo written"),
+    );
+    assert_eq!(done.stdout, b"0::/requestor\nwritten\n", "{done:?}");
+    let r = agent.request(request::Body::Shutdown(Empty {})).unwrap();
+    assert!(matches!(r, response::Body::Ok(_)), "{r:?}");
+    let status = vm
+        .wait_exit(Duration::from_secs(30))
+        .expect("QEMU did not exit after shutdown");
+    assert!(status.success(), "QEMU exited with {status}");
+}
