@@ -40,6 +40,9 @@ use ya_runtime_api::server::CreateNetwork;
 
 /// How long the VM may take to boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the runtime may take to answer Shutdown: its VM's power-off and teardown are bounded
+/// well inside it.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the runtime may take to end after Shutdown (the exe-unit kills it after 5 s).
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -270,9 +273,26 @@ impl Activity {
         let Some((rt, _)) = self.started.take() else {
             return Ok(());
         };
-        rt.shutdown()
-            .await
-            .map_err(|e| anyhow!("shutdown failed: {}", e.message))?;
+        // yagna's client drops a reply that arrives as the runtime exits, and then waits for it
+        // forever: the runtime's own end counts as the answer too.
+        let answered = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            tokio::select! {
+                reply = rt.shutdown() => reply
+                    .map_err(|e| anyhow!("shutdown failed: {}", e.message)),
+                code = rt.stopped() => match code {
+                    0 => Ok(()),
+                    code => Err(anyhow!("the runtime ended with {code} during shutdown")),
+                },
+            }
+        })
+        .await;
+        match answered {
+            Ok(result) => result?,
+            Err(_) => {
+                rt.stop();
+                bail!("the runtime did not answer Shutdown within {SHUTDOWN_TIMEOUT:?}")
+            }
+        }
         match tokio::time::timeout(STOP_TIMEOUT, rt.stopped()).await {
             Ok(0) => Ok(()),
             Ok(code) => bail!("the runtime ended with {code} after shutdown"),

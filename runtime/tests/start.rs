@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use test_harness::net_peer::NetPeer;
 use test_harness::proto::response::create_network::Endpoint;
-use test_harness::{finish, run, sample_with_config, Activity};
+use test_harness::{finish, proto, run, sample_with_config, Activity, RawApi};
 use ya_runtime_api::server::proto::Network;
 use ya_runtime_api::server::{CreateNetwork, KillProcess, RuntimeControl, RuntimeService};
 
@@ -235,6 +235,48 @@ async fn the_exe_units_conversation() {
     assert_eq!(code, 0);
     let left = activity.leftovers().await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_shutdown_reply_the_runtime_waits_to_be_stopped_and_ends_when_its_input_closes() {
+    // yagna's client discards a reply that arrives as the runtime's process ends (it stops
+    // reading once the process is reaped): the runtime stays until the exe-unit stops it.
+    let activity = Activity::deploy().await;
+    let mut api = RawApi::start(&activity);
+    api.hello().await;
+    api.send(
+        2,
+        Some(proto::request::Command::Shutdown(
+            proto::request::Shutdown::default(),
+        )),
+    )
+    .await;
+    let reply = api
+        .recv(Duration::from_secs(30))
+        .await
+        .expect("a Shutdown reply");
+    assert!(
+        matches!(reply.command, Some(proto::response::Command::Shutdown(_))),
+        "{reply:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        api.child.try_wait().unwrap().is_none(),
+        "the runtime ended right after its reply: {}",
+        activity.log()
+    );
+    // Everything but the runtime itself is gone before the reply is written.
+    let runtime = api.child.id().map(|p| p as i32);
+    let left: Vec<_> = activity
+        .processes()
+        .into_iter()
+        .filter(|p| Some(p.pid) != runtime)
+        .map(|p| p.cmdline)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(activity.scratch_dir(), None);
+    api.stdin = None;
+    assert_eq!(api.exit_code(Duration::from_secs(10)).await, Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,11 @@ pub const LOST_RETURN_CODE: i32 = -1;
 /// How long the last events and replies may take to be queued, and the writer to put them out,
 /// before the runtime exits (an exe-unit that stopped reading must not keep it alive).
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// How long the runtime stays after its Shutdown reply is written, unless the exe-unit stops it
+/// or closes its input first. yagna's client reads replies in a task that it drops as soon as the
+/// runtime's process has ended: a runtime that exits right after writing can have its reply
+/// discarded unread, and the client then waits for it forever.
+const LINGER: Duration = Duration::from_secs(1);
 /// How long the agent's last events may take to arrive once the VM is stopped.
 const LAST_EVENTS_LIMIT: Duration = Duration::from_secs(2);
 
@@ -375,10 +380,21 @@ async fn serve_activity(
             // Everything goes before the reply: the exe-unit kills the runtime on seeing it.
             vm.shutdown().await;
             // Bounded: an exe-unit that stopped reading must not keep the runtime alive.
-            let _ = tokio::time::timeout(FLUSH_LIMIT, outbox.reply_shutdown(id)).await;
+            if tokio::time::timeout(FLUSH_LIMIT, outbox.reply_shutdown(id))
+                .await
+                .is_err()
+            {
+                tracing::warn!("the Shutdown reply could not be queued within {FLUSH_LIMIT:?}");
+            }
             drop(outbox);
             let _ = forwarder.await;
-            let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
+            match tokio::time::timeout(FLUSH_LIMIT, writer).await {
+                Ok(Ok(Ok(()))) => linger(&mut termination).await,
+                Ok(_) => tracing::warn!("the Shutdown reply could not be written"),
+                Err(_) => {
+                    tracing::warn!("the Shutdown reply was not written within {FLUSH_LIMIT:?}")
+                }
+            }
             Ok(0)
         }
         End::InputClosed => {
@@ -433,5 +449,22 @@ async fn serve_activity(
                 None => bail!("the guest agent is lost: {reason}"),
             }
         }
+    }
+}
+
+/// After the Shutdown reply: waits until the exe-unit stops the runtime (a signal, or its kill),
+/// closes the runtime API's input, or [`LINGER`] has passed, so the reply is read before the
+/// process ends. Everything the activity owned is already gone.
+async fn linger(termination: &mut Termination) {
+    use tokio::io::AsyncReadExt;
+    let input_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut sink = [0u8; 4096];
+        while let Ok(1..) = stdin.read(&mut sink).await {}
+    };
+    tokio::select! {
+        () = tokio::time::sleep(LINGER) => {}
+        () = input_closed => {}
+        _ = termination.recv() => {}
     }
 }
