@@ -8,5 +8,5 @@ cd "$REPO_ROOT"
 bash scripts/setup.sh
 bash scripts/build-runtime.sh release >/dev/null
 bash scripts/build-sample-image.sh >/dev/null
-cargo build --quiet -p e2e --bin bench-guest
-YA_RUNTIME_VM_RUNTIME_DIR="$REPO_ROOT/target/release/runtime" "$REPO_ROOT/target/debug/bench-guest" "$@"
+cargo build --quiet --release -p e2e --bin bench-guest
+YA_RUNTIME_VM_RUNTIME_DIR="$REPO_ROOT/target/release/runtime" "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/bench-guest" "$@"

@@ -42,15 +42,30 @@ fn main() {
         hello.push(start.elapsed());
     }
     hello.sort();
-    let mut rtt = Vec::with_capacity(trips);
+    let (mut rtt, mut started, mut exited) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..trips {
         let start = Instant::now();
         let pid = agent.run(cmd(&["/bin/true"])).expect("run /bin/true");
+        let reply = start.elapsed();
         let f = agent.wait(pid).expect("wait /bin/true");
         rtt.push(start.elapsed());
+        started.push(reply);
+        exited.push(start.elapsed() - reply);
         assert_eq!(f.exit.code, Some(0));
     }
-    rtt.sort();
+    for v in [&mut rtt, &mut started, &mut exited] {
+        v.sort();
+    }
+    // The floor of a start: the same program started by a shell loop in the same VM.
+    let loop_runs = trips.max(50);
+    let script = format!("i=0; while [ $i -lt {loop_runs} ]; do /bin/true; i=$((i+1)); done");
+    let start = Instant::now();
+    let pid = agent
+        .run(cmd(&["/bin/sh", "-c", &script]))
+        .expect("run the loop");
+    let f = agent.wait(pid).expect("wait for the loop");
+    assert_eq!(f.exit.code, Some(0));
+    let in_guest = start.elapsed() / loop_runs as u32;
 
     let (f, r) = (median(floor.clone()), median(ready.clone()));
     println!(
@@ -75,6 +90,21 @@ fn main() {
         "  /bin/true round trip over {trips} runs           p50 {:6.2} ms  p95 {:6.2} ms",
         ms(percentile(&rtt, 0.5)),
         ms(percentile(&rtt, 0.95))
+    );
+    println!(
+        "    of which run → Started                     p50 {:6.2} ms  p95 {:6.2} ms",
+        ms(percentile(&started, 0.5)),
+        ms(percentile(&started, 0.95))
+    );
+    println!(
+        "    of which Started → Exited                  p50 {:6.2} ms  p95 {:6.2} ms",
+        ms(percentile(&exited, 0.5)),
+        ms(percentile(&exited, 0.95))
+    );
+    println!(
+        "  a shell loop of /bin/true in the guest       {:6.2} ms per run → ratio p50 / loop {:.2}",
+        ms(in_guest),
+        ms(percentile(&rtt, 0.5)) / ms(in_guest)
     );
     println!(
         "  hello round trip (transport alone)           p50 {:6.2} ms  p95 {:6.2} ms",
