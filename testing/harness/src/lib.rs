@@ -390,6 +390,20 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A process's proportional set size in KiB (0 when it is gone): its resident pages, each shared
+/// page divided among the processes that map it, so what one more VM costs the host.
+pub fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// A runtime-API client that speaks the wire format itself, for what the exe-unit's own client
 /// cannot do: send bytes that are not the protocol, close one stream, or watch the exact moment
 /// a reply arrives.
