@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the guest kernel from Debian's linux-source-6.1 with kernel/guest.config, once per
+# Builds the guest kernel from Debian's linux-source-$KERNEL_SERIES (common.sh) with kernel/guest.config, once per
 # (source version, configuration, build recipe): the result is cached in $KERNEL_CACHE/<key>/
 # (outside the clone, so a fresh clone on the same machine reuses it).
 #
@@ -11,8 +11,8 @@
 #              point (no decompression stage; README, "Guest kernel" has the measurement)
 #   config     the full .config it was built with
 #   version    the kernel release (`uname -r` in the guest)
-# Needs the Debian packages linux-source-6.1, bc, bison, flex and libelf-dev (scripts/setup.sh
-# installs them). About 7 minutes on 2 cores.
+# Needs the Debian packages linux-source-$KERNEL_SERIES, bc, bison, flex and libelf-dev (scripts/setup.sh
+# installs them). About 8 minutes on 2 cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -27,10 +27,10 @@ case "${1:-}" in
   *) die "usage: $0 [--path]" ;;
 esac
 
-tarball=$(ls /usr/src/linux-source-6.1.tar.* 2>/dev/null | head -n1 || true)
-[ -n "$tarball" ] || die "no /usr/src/linux-source-6.1.tar.*: install the Debian package linux-source-6.1 (scripts/setup.sh)"
-source_version=$(dpkg-query -W -f='${Version}' linux-source-6.1 2>/dev/null) \
-  || die "the Debian package linux-source-6.1 is not installed (scripts/setup.sh)"
+tarball=$(ls /usr/src/linux-source-$KERNEL_SERIES.tar.* 2>/dev/null | head -n1 || true)
+[ -n "$tarball" ] || die "no /usr/src/linux-source-$KERNEL_SERIES.tar.*: install the Debian package linux-source-$KERNEL_SERIES (scripts/setup.sh)"
+source_version=$(dpkg-query -W -f='${Version}' linux-source-$KERNEL_SERIES 2>/dev/null) \
+  || die "the Debian package linux-source-$KERNEL_SERIES is not installed (scripts/setup.sh)"
 [ -r "$FRAGMENT" ] || die "$FRAGMENT missing"
 
 key=$( { echo "recipe=$RECIPE"; echo "source=$source_version"; cat "$FRAGMENT"; } | sha256sum | cut -c1-16)
@@ -41,7 +41,7 @@ if built; then
   echo "$entry"
   exit 0
 fi
-[ "$mode" = build ] || die "guest kernel $key (linux-source-6.1 $source_version) not built: run scripts/setup.sh"
+[ "$mode" = build ] || die "guest kernel $key (linux-source-$KERNEL_SERIES $source_version) not built: run scripts/setup.sh"
 
 # One build at a time per cache (clones on one machine share it): a second caller waits, then
 # finds the entry the first one made.
@@ -59,9 +59,9 @@ done
 
 work=$(mktemp -d "$KERNEL_CACHE/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-say "setup: building the guest kernel (linux-source-6.1 $source_version, config $key; about 7 minutes, once)"
+say "setup: building the guest kernel (linux-source-$KERNEL_SERIES $source_version, config $key; about 8 minutes, once)"
 tar -xf "$tarball" -C "$work" || die "cannot extract $tarball"
-src=$(ls -d "$work"/linux-source-6.1 2>/dev/null) || die "$tarball holds no linux-source-6.1/"
+src=$(ls -d "$work"/linux-source-$KERNEL_SERIES 2>/dev/null) || die "$tarball holds no linux-source-$KERNEL_SERIES/"
 out="$work/out"
 log="$work/build.log"
 kmake() { make -C "$src" O="$out" ARCH=x86_64 "$@"; }

@@ -10,6 +10,8 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 CARGO_DEB_VERSION=3.8.0
 # Built guest kernels (scripts/build-kernel.sh), one directory per source version and
 # configuration: outside the clone, so that every clone on this machine shares them.
+# The Debian kernel source the guest kernel is built from (the package linux-source-$KERNEL_SERIES).
+KERNEL_SERIES=6.12
 KERNEL_CACHE="${YA_RUNTIME_VM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ya-runtime-vm}/kernel"
 
 export PATH="$TOOLS_DIR/bin:$PATH"

@@ -27,5 +27,11 @@ pub use messages::*;
 
 /// The vsock port the guest agent listens on.
 pub const AGENT_PORT: u32 = 10_000;
+/// Most bytes the guest hands to one write on a vsock connection to the host. The guest kernel
+/// (6.12) puts a larger packet's payload into a nonlinear buffer spread over several virtqueue
+/// descriptors (above 32 KiB less the buffer's overhead), and vhost-device-vsock 0.3 (rust-vmm's
+/// virtio-vsock 0.10) takes only packets whose payload is in one descriptor: it would drop the
+/// bytes. A packet is never larger than the write that made it.
+pub const MAX_VSOCK_WRITE: usize = 31 * 1024;
 /// Largest output chunk the guest puts in one [`Output`] notification.
 pub const MAX_OUTPUT_CHUNK: usize = 64 * 1024;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use agent_protocol::{
     encode, encode_output_into, notification, request, response, DecodeError, Empty,
     Error as WireError, Exited, Frame, FrameDecoder, Hello, Notification, Request, Response,
-    Started, MAX_OUTPUT_CHUNK,
+    Started, MAX_OUTPUT_CHUNK, MAX_VSOCK_WRITE,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -304,7 +304,8 @@ impl Agent {
     fn flush(&mut self) {
         let Some(c) = &mut self.conn else { return };
         while c.queued() > 0 {
-            match write_fd(c.fd.as_raw_fd(), &c.out[c.out_pos..]) {
+            let end = c.out.len().min(c.out_pos + MAX_VSOCK_WRITE);
+            match write_fd(c.fd.as_raw_fd(), &c.out[c.out_pos..end]) {
                 Ok(n) => c.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

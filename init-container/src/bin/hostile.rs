@@ -427,7 +427,8 @@ fn is_vsock_stream(fd: RawFd) -> Result<bool> {
 fn write_all(fd: RawFd, mut buf: &[u8]) -> Result<()> {
     while !buf.is_empty() {
         // SAFETY: writes from a live buffer of the given size.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        let len = buf.len().min(agent_protocol::MAX_VSOCK_WRITE);
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), len) };
         if n >= 0 {
             buf = &buf[n as usize..];
             continue;

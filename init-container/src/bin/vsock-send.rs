@@ -5,14 +5,15 @@
 //! puts this static binary into a volume and runs it in the VM; the host counts what arrives.
 //!
 //! Usage: `vsock-send PORT BYTES` — connects to the host (CID 2) on PORT and writes BYTES zero
-//! bytes in 64 KiB writes, then closes.
+//! bytes in writes of `agent_protocol::MAX_VSOCK_WRITE` bytes, then closes.
 
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd};
 
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
 
-const CHUNK: usize = 64 * 1024;
+/// One write: as large as the agent's (see `MAX_VSOCK_WRITE`), so both make the same packets.
+const CHUNK: usize = agent_protocol::MAX_VSOCK_WRITE;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
