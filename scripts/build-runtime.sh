@@ -50,7 +50,7 @@ build_init() {
     die "building init-container ($profile, static) failed"
   fi
   local b
-  for b in init-container floor-init vsock-send hostile; do
+  for b in init-container floor-init vsock-send hostile shared-mmap; do
     [ -x "$bin_dir/$b" ] || die "cargo did not produce $bin_dir/$b"
   done
 }

@@ -522,6 +522,55 @@ async fn kernel_vsock_boots_where_the_host_has_it_and_is_a_clear_error_elsewhere
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_volumes_take_shared_mappings_and_show_what_the_host_writes_at_once() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("shared-mmap", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let sh = |script: &str| run("/bin/sh", &["sh", "-c", script]);
+
+    // Databases and memory-mapped arrays write through shared mappings (volumes use direct
+    // I/O, which refuses them unless virtiofsd allows it and the kernel supports it).
+    let pid = rt
+        .run_process(run(
+            &tool,
+            &["shared-mmap", "/golem/output/mapped", "through a mapping"],
+        ))
+        .await
+        .unwrap()
+        .pid;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "read: through a mapping\nmapped: through a mapping\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(activity.volume("/golem/output").join("mapped")).unwrap(),
+        "through a mapping"
+    );
+
+    // The exe-unit writes into volumes between commands: the guest reads the new contents at
+    // once, the file it read a moment before included.
+    let input = activity.volume("/golem/input").join("changing");
+    std::fs::write(&input, "first\n").unwrap();
+    let read = sh("cat /golem/input/changing; ls -l /golem/input/changing | awk '{print $5}'");
+    let pid = rt.run_process(read.clone()).await.unwrap().pid;
+    let (out, _, code) = finish(&mut events, pid).await;
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("first\n6\n", 0)
+    );
+    std::fs::write(&input, "second, longer\n").unwrap();
+    let pid = rt.run_process(read).await.unwrap().pid;
+    let (out, _, code) = finish(&mut events, pid).await;
+    assert_eq!(
+        (String::from_utf8_lossy(&out).as_ref(), code),
+        ("second, longer\n15\n", 0)
+    );
+    assert_eq!(activity.shut_down(&rt).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_volume_keeps_its_state_across_commands() {
     let activity = Activity::deploy_with(
         &test_harness::sample_image(),

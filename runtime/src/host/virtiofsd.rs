@@ -196,7 +196,13 @@ pub fn command(
     let mut cmd = tokio::process::Command::new(bin);
     cmd.arg(format!("--socket-path={}", socket.display()))
         .arg(format!("--shared-dir={}", dir.display()))
-        .args(["--sandbox", sandbox.name(), "--cache", "auto"])
+        .args(["--sandbox", sandbox.name()])
+        // Direct I/O: a write goes from the writer's own pages to virtiofsd and a read lands in
+        // the reader's, with no copy through the guest's page cache (the dearest part of a
+        // volume's I/O under TCG), and what the host's side writes between commands is seen at
+        // once. `--allow-mmap` keeps shared mappings of the volume's files working (the guest
+        // kernel, 6.6 or later, then caches the mapped pages and keeps them coherent).
+        .args(["--cache", "never", "--allow-mmap"])
         .arg(format!("--translate-uid=squash-guest:0:{uid}:4294967295"))
         .arg(format!("--translate-gid=squash-guest:0:{gid}:4294967295"))
         .arg("--modcaps=-mknod");

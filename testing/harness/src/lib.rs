@@ -57,7 +57,8 @@ pub fn sample_with_config(config_json: &str) -> Vec<u8> {
     image
 }
 
-/// A static guest tool built by `scripts/build-runtime.sh` (`vsock-send`, `hostile`).
+/// A static guest tool built by `scripts/build-runtime.sh` (`vsock-send`, `hostile`,
+/// `shared-mmap`).
 pub fn guest_tool(name: &str) -> PathBuf {
     let p = repo()
         .join("target/x86_64-unknown-linux-gnu/debug")
