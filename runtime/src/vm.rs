@@ -20,12 +20,13 @@ use crate::deployment::Deployment;
 use crate::host::frame_relay::FrameRelay;
 use crate::host::net_socket::{NicInfo, NicSocket};
 use crate::host::output_tail::OutputTail;
-use crate::host::process::{find_tool, inherit_fd, start_helper, Helper, HelperExit};
+use crate::host::process::{find_tool, inherit_fd, Helper, HelperExit};
 use crate::host::runtime_dir::RuntimeDir;
 use crate::host::scratch_disk::create_disks;
 use crate::host::{scratch_dir, virtiofsd, vsock};
 use crate::network::{Interface, Transport};
 use crate::vm_spec::{self, Devices};
+use qemu_config::FsShare;
 
 /// How long the guest may take from QEMU's start to the agent answering.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -97,6 +98,31 @@ pub struct RunningVm {
     pub agent: AgentClient,
 }
 
+/// One virtiofsd per share, spawned together and then awaited together.
+async fn start_virtiofsds(
+    d: &Deployment,
+    workdir: &std::path::Path,
+    shares: &[FsShare],
+    runtime_dir: &std::path::Path,
+) -> anyhow::Result<Vec<Helper>> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bin = find_tool("virtiofsd", runtime_dir)?;
+    let (sandbox, why) = virtiofsd::Sandbox::probe(&bin);
+    if sandbox == virtiofsd::Sandbox::Namespace {
+        tracing::debug!("virtiofsd sandbox: {}", sandbox.name());
+    } else {
+        tracing::warn!("{why}");
+    }
+    let mut spawned = Vec::with_capacity(shares.len());
+    for (share, v) in shares.iter().zip(&d.volumes) {
+        let mut cmd = virtiofsd::command(&bin, &share.socket, &workdir.join(&v.name), sandbox)?;
+        spawned.push((Helper::spawn("virtiofsd", &mut cmd)?, &share.socket));
+    }
+    futures_util::future::try_join_all(spawned.into_iter().map(|(h, socket)| h.ready(socket))).await
+}
+
 impl RunningVm {
     /// Boots the deployment's image and mounts its volumes. Returns the VM and the agent's
     /// events (process output and exits). A failure at any step releases what the earlier
@@ -108,27 +134,19 @@ impl RunningVm {
     ) -> anyhow::Result<(Self, Events)> {
         let scratch = scratch_dir::create().context("cannot create the VM's scratch directory")?;
         let rd = scratch.path().to_path_buf();
-        let disks = create_disks(d, workdir).await?;
         let mut console = OutputTail::console().context("cannot make the console's socket pair")?;
-        // Listen before the guest exists: it connects to us as soon as its agent is up.
-        let mut vsock = vsock::open(opts.vsock, &opts.runtime_dir.dir, &rd).await?;
+        let shares = vm_spec::shares(d, &rd);
+        // The disks, the vsock helper and the virtiofsds start at once: each start-up waits on
+        // its own I/O and namespaces, not on the others.
+        let (disks, mut vsock, shared) = tokio::try_join!(
+            create_disks(d, workdir),
+            // Listen before the guest exists: it connects to us as soon as its agent is up.
+            vsock::open(opts.vsock, &opts.runtime_dir.dir, &rd),
+            start_virtiofsds(d, workdir, &shares, &opts.runtime_dir.dir),
+        )?;
         let mut helpers: Vec<Helper> = Vec::new();
         helpers.extend(vsock.helper.take());
-        let shares = vm_spec::shares(d, &rd);
-        if !shares.is_empty() {
-            let bin = find_tool("virtiofsd", &opts.runtime_dir.dir)?;
-            let (sandbox, why) = virtiofsd::Sandbox::probe(&bin);
-            if sandbox == virtiofsd::Sandbox::Namespace {
-                tracing::debug!("virtiofsd sandbox: {}", sandbox.name());
-            } else {
-                tracing::warn!("{why}");
-            }
-            for (share, v) in shares.iter().zip(&d.volumes) {
-                let mut cmd =
-                    virtiofsd::command(&bin, &share.socket, &workdir.join(&v.name), sandbox)?;
-                helpers.push(start_helper("virtiofsd", &mut cmd, &share.socket).await?);
-            }
-        }
+        helpers.extend(shared);
         let nic_sockets = opts
             .network
             .iter()

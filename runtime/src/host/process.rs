@@ -143,21 +143,30 @@ pub async fn start_helper(
     cmd: &mut Command,
     socket: &Path,
 ) -> anyhow::Result<Helper> {
-    let mut helper = Helper::spawn(name, cmd)?;
-    let start = std::time::Instant::now();
-    while !socket.exists() {
-        if let Some(exited) = helper.exited() {
-            bail!("{} (before creating its socket)", exited.describe().await);
+    Helper::spawn(name, cmd)?.ready(socket).await
+}
+
+impl Helper {
+    /// Waits until the helper has created `socket` (its sign that it serves); fails when it
+    /// exits first or takes longer than [`SOCKET_TIMEOUT`]. Helpers spawned together can wait
+    /// together, so their start-ups overlap.
+    pub async fn ready(mut self, socket: &Path) -> anyhow::Result<Self> {
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            if let Some(exited) = self.exited() {
+                bail!("{} (before creating its socket)", exited.describe().await);
+            }
+            if start.elapsed() > SOCKET_TIMEOUT {
+                bail!(
+                    "{} did not create {} within {SOCKET_TIMEOUT:?}",
+                    self.name,
+                    socket.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if start.elapsed() > SOCKET_TIMEOUT {
-            bail!(
-                "{name} did not create {} within {SOCKET_TIMEOUT:?}",
-                socket.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(self)
     }
-    Ok(helper)
 }
 
 /// The last `n` non-empty lines of `text`, trimmed and joined with ` | ` on one line.
