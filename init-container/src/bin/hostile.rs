@@ -10,9 +10,10 @@
 //! - `hostile console-flood BYTES` — writes BYTES bytes of text lines to `/dev/ttyS0`.
 //! - `hostile stop-init` — stops PID 1 with ptrace and leaves a tracer behind that keeps it stopped.
 //! - `hostile steal-conn MODE` — takes a copy of init's vsock connection to the host (pidfd_getfd)
-//!   and, by MODE: `shutdown`, `garbage` (64 KiB of 0xff), `bad-frames:N` (good headers, payloads
-//!   that do not decode) or `forged-output:N` (Output notifications for a pid the host never
-//!   started).
+//!   and, by MODE: `shutdown`, `garbage` (64 KiB of 0xff), `big-packet` (64 KiB of 0xff in one
+//!   write, so one vsock packet larger than the agent ever sends), `bad-frames:N` (good headers,
+//!   payloads that do not decode) or `forged-output:N` (Output notifications for a pid the host
+//!   never started).
 //! - `hostile fork-bomb SECONDS` — a classic fork bomb that stops forking after SECONDS.
 //! - `hostile cpu-hog SECONDS N` — N processes spinning for SECONDS.
 //! - `hostile create PATH MODE` — creates PATH with `open(O_CREAT | O_EXCL, MODE)` (octal), the
@@ -279,6 +280,7 @@ fn wait_fd(fd: RawFd, events: libc::c_short, deadline: Instant, what: &str) -> R
 enum Steal {
     Shutdown,
     Garbage,
+    BigPacket,
     BadFrames(u64),
     ForgedOutput(u64),
 }
@@ -287,6 +289,7 @@ fn steal_conn(mode: &str) -> Result<String> {
     let mode = match mode.split_once(':') {
         None if mode == "shutdown" => Steal::Shutdown,
         None if mode == "garbage" => Steal::Garbage,
+        None if mode == "big-packet" => Steal::BigPacket,
         Some(("bad-frames", n)) => Steal::BadFrames(number(n)?),
         Some(("forged-output", n)) => Steal::ForgedOutput(number(n)?),
         _ => {
@@ -302,6 +305,13 @@ fn steal_conn(mode: &str) -> Result<String> {
             // SAFETY: plain syscall on our fd.
             check(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) }, "shutdown")?;
             Ok("shut down".into())
+        }
+        Steal::BigPacket => {
+            let buf = [0xffu8; 64 * 1024];
+            // SAFETY: writes from a live buffer of the given size.
+            let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+            check(n, "write")?;
+            Ok(format!("wrote {n} bytes in one write"))
         }
         Steal::Garbage => {
             write_all(fd, &[0xff; 64 * 1024])?;
