@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use test_harness::proto::{request, response};
 use test_harness::{finish, pid_of, rss_kib, run, sh, Activity, RawApi};
-use ya_runtime_api::server::{RuntimeControl, RuntimeService};
+use tokio::sync::mpsc;
+use ya_runtime_api::server::{ProcessStatus, RuntimeControl, RuntimeService};
 
 /// Bytes under `dir`, volumes included.
 fn disk_usage(dir: &std::path::Path) -> u64 {
@@ -81,32 +82,16 @@ async fn a_stopped_init_misses_its_deadline_and_the_activity_ends_with_final_sta
     let tool = activity.install_tool("hostile", "/golem/input");
     let (rt, mut events) = activity.start().await;
     let stopper = stop_init(&rt, &tool).await;
-    let asked = Instant::now();
-    let e = rt
-        .run_process(run("/bin/true", &["true"]))
-        .await
-        .unwrap_err();
-    assert!(
-        e.message.contains("did not answer a run request within"),
-        "{e:?}"
-    );
-    assert!(
-        asked.elapsed() < Duration::from_secs(40),
-        "{:?}",
-        asked.elapsed()
-    );
-    // The command in flight gets its final status, with the reason on its stderr.
-    let (_, err, code) = finish(&mut events, stopper).await;
-    assert_eq!(code, -1);
+    let err = a_wedged_agent_ends_the_activity(&activity, &rt, &mut events, stopper, |m| {
+        m.contains("did not answer a run request within")
+    })
+    .await;
+    // The command in flight has the reason on its stderr.
     assert!(
         String::from_utf8_lossy(&err).contains("did not answer a run request"),
         "{}",
         String::from_utf8_lossy(&err)
     );
-    let code = tokio::time::timeout(Duration::from_secs(20), rt.stopped())
-        .await
-        .expect("the runtime ends the activity");
-    assert_eq!(code, 1);
     let log = activity.log();
     assert!(
         log.lines().last().unwrap_or_default().starts_with(
@@ -114,7 +99,37 @@ async fn a_stopped_init_misses_its_deadline_and_the_activity_ends_with_final_sta
         ),
         "{log}"
     );
+}
+
+/// With the agent unable to answer: the next run request fails within its deadline
+/// (`request_failed` accepts its message), the command `in_flight` gets its final status -1, and
+/// the runtime ends the activity with status 1, leaving nothing. Returns that command's stderr.
+async fn a_wedged_agent_ends_the_activity(
+    activity: &Activity,
+    rt: &(impl RuntimeService + RuntimeControl),
+    events: &mut mpsc::UnboundedReceiver<ProcessStatus>,
+    in_flight: u64,
+    request_failed: impl Fn(&str) -> bool,
+) -> Vec<u8> {
+    let asked = Instant::now();
+    let e = rt
+        .run_process(run("/bin/true", &["true"]))
+        .await
+        .unwrap_err();
+    assert!(request_failed(&e.message), "{e:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (_, err, code) = finish(events, in_flight).await;
+    assert_eq!(code, -1);
+    let code = tokio::time::timeout(Duration::from_secs(20), rt.stopped())
+        .await
+        .expect("the runtime ends the activity");
+    assert_eq!(code, 1);
     assert!(activity.leftovers().await.is_empty());
+    err
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,27 +215,10 @@ async fn a_vsock_packet_the_device_refuses_ends_the_activity_at_the_next_request
     let (rt, mut events) = activity.start().await;
     let hijacker = pid_of(&rt, run(&tool, &["hostile", "steal-conn", "big-packet"])).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let asked = Instant::now();
-    let e = rt
-        .run_process(run("/bin/true", &["true"]))
-        .await
-        .unwrap_err();
-    assert!(
-        e.message.contains("did not answer a run request within") || e.message.contains("agent"),
-        "{e:?}"
-    );
-    assert!(
-        asked.elapsed() < Duration::from_secs(40),
-        "{:?}",
-        asked.elapsed()
-    );
-    let (_, _, code) = finish(&mut events, hijacker).await;
-    assert_eq!(code, -1);
-    let code = tokio::time::timeout(Duration::from_secs(20), rt.stopped())
-        .await
-        .expect("the runtime ends the activity");
-    assert_eq!(code, 1);
-    assert!(activity.leftovers().await.is_empty());
+    a_wedged_agent_ends_the_activity(&activity, &rt, &mut events, hijacker, |m| {
+        m.contains("did not answer a run request within") || m.contains("agent")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

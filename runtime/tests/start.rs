@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use test_harness::net_peer::NetPeer;
 use test_harness::proto::response::create_network::Endpoint;
-use test_harness::{finish, proto, run, sample_with_config, Activity, RawApi};
+use test_harness::{finish, pid_of, proto, run, sample_with_config, Activity, RawApi};
 use ya_runtime_api::server::proto::Network;
 use ya_runtime_api::server::{CreateNetwork, KillProcess, RuntimeControl, RuntimeService};
 
@@ -530,14 +530,14 @@ async fn host_volumes_take_shared_mappings_and_show_what_the_host_writes_at_once
 
     // Databases and memory-mapped arrays write through shared mappings (volumes use direct
     // I/O, which refuses them unless virtiofsd allows it and the kernel supports it).
-    let pid = rt
-        .run_process(run(
+    let pid = pid_of(
+        &rt,
+        run(
             &tool,
             &["shared-mmap", "/golem/output/mapped", "through a mapping"],
-        ))
-        .await
-        .unwrap()
-        .pid;
+        ),
+    )
+    .await;
     let (out, err, code) = finish(&mut events, pid).await;
     assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
     assert_eq!(
@@ -554,14 +554,14 @@ async fn host_volumes_take_shared_mappings_and_show_what_the_host_writes_at_once
     let input = activity.volume("/golem/input").join("changing");
     std::fs::write(&input, "first\n").unwrap();
     let read = sh("cat /golem/input/changing; ls -l /golem/input/changing | awk '{print $5}'");
-    let pid = rt.run_process(read.clone()).await.unwrap().pid;
+    let pid = pid_of(&rt, read.clone()).await;
     let (out, _, code) = finish(&mut events, pid).await;
     assert_eq!(
         (String::from_utf8_lossy(&out).as_ref(), code),
         ("first\n6\n", 0)
     );
     std::fs::write(&input, "second, longer\n").unwrap();
-    let pid = rt.run_process(read).await.unwrap().pid;
+    let pid = pid_of(&rt, read).await;
     let (out, _, code) = finish(&mut events, pid).await;
     assert_eq!(
         (String::from_utf8_lossy(&out).as_ref(), code),

@@ -380,25 +380,22 @@ fn vols_of(list: &serde_json::Value) -> Vec<(String, String)> {
 
 /// The resident set of process `pid` in KiB.
 pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    proc_kib(pid, "status", "VmRSS:")
 }
 
 /// A process's proportional set size in KiB (0 when it is gone): its resident pages, each shared
 /// page divided among the processes that map it, so what one more VM costs the host.
 pub fn pss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+    proc_kib(pid, "smaps_rollup", "Pss:")
+}
+
+/// The KiB figure on the line starting with `key` of `/proc/<pid>/<file>` (0 when it is gone).
+fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("Pss:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
