@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use ya_runtime_api::deploy::DeployResult;
 use ya_runtime_api::server::{spawn, ProcessStatus, RunProcess, RuntimeControl, RuntimeService};
 
@@ -40,6 +40,9 @@ use ya_runtime_api::server::CreateNetwork;
 
 /// How long the VM may take to boot.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the runtime may take to configure the guest's network (its requests to the guest
+/// are bounded well inside it).
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the runtime may take to answer Shutdown: its VM's power-off and teardown are bounded
 /// well inside it.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,7 +92,24 @@ struct Activity {
     /// `deploy`'s networks and names.
     net: Vec<Net>,
     hosts: BTreeMap<String, String>,
+    /// This activity's name for messages about it (its script's name).
+    name: String,
+    /// Shared by all the activities of one run: the name of the first that failed, so that the
+    /// others stop too instead of waiting for it forever.
+    failed: Arc<watch::Sender<Option<String>>>,
 }
+
+/// Why an activity stopped when its own script did not fail: another activity of the run did.
+#[derive(Debug)]
+struct StoppedBy(String);
+
+impl std::fmt::Display for StoppedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped because {} failed", self.0)
+    }
+}
+
+impl std::error::Error for StoppedBy {}
 
 impl Activity {
     fn command(&self) -> tokio::process::Command {
@@ -118,13 +138,14 @@ impl Activity {
                 if_addr: n.node_ip.clone(),
             })
             .collect();
-        let reply = rt
-            .create_network(CreateNetwork {
-                networks,
-                hosts: self.hosts.clone().into_iter().collect(),
-                interface: 0,
-            })
+        let request = rt.create_network(CreateNetwork {
+            networks,
+            hosts: self.hosts.clone().into_iter().collect(),
+            interface: 0,
+        });
+        let reply = tokio::time::timeout(NETWORK_TIMEOUT, request)
             .await
+            .map_err(|_| anyhow!("CreateNetwork: no answer within {NETWORK_TIMEOUT:?}"))?
             .map_err(|e| anyhow!("CreateNetwork: {}", e.message))?;
         let Some(Endpoint::UdpDatagram(addr)) = reply.endpoint else {
             bail!("CreateNetwork: the runtime answered no UDP endpoint");
@@ -246,19 +267,45 @@ impl Activity {
         self.prefix.clone().unwrap_or_default()
     }
 
-    /// Runs the script's commands in order, stopping at the first failure, and always ends
-    /// the VM.
+    /// Runs the script's commands in order, stopping at the first failure or when another
+    /// activity of the run fails (a command that waits for it would otherwise wait forever), and
+    /// always ends the VM.
     async fn run_script(&mut self, commands: &[Command]) -> anyhow::Result<()> {
         let total = commands.len();
+        let mut others = self.failed.subscribe();
         let mut result = Ok(());
         for (i, cmd) in commands.iter().enumerate() {
+            if let Some(other) = others.borrow().clone() {
+                let stopped = StoppedBy(other);
+                eprintln!("{}ya-exescript: {stopped}", self.tag());
+                result = Err(stopped.into());
+                break;
+            }
             eprintln!(
                 "{}ya-exescript: [{}/{total}] {}",
                 self.tag(),
                 i + 1,
                 cmd.name()
             );
-            if let Err(e) = self.execute(cmd).await {
+            // Only a run waits on what another activity does; the other commands are bounded.
+            let outcome = if matches!(cmd, Command::Run(_)) {
+                tokio::select! {
+                    r = self.execute(cmd) => r,
+                    Ok(other) = others.wait_for(Option::is_some) => {
+                        Err(StoppedBy(other.clone().unwrap_or_default()).into())
+                    }
+                }
+            } else {
+                self.execute(cmd).await
+            };
+            if let Err(e) = outcome {
+                if let Some(stopped) = e.downcast_ref::<StoppedBy>() {
+                    eprintln!("{}ya-exescript: {stopped}", self.tag());
+                } else {
+                    let name = self.name.clone();
+                    self.failed
+                        .send_if_modified(|first| first.is_none() && first.replace(name).is_none());
+                }
                 result = Err(e.context(format!("command {} ({})", i + 1, cmd.name())));
                 break;
             }
@@ -410,6 +457,7 @@ async fn main_inner(args: Args) -> anyhow::Result<()> {
         .prefix("ya-exescript-")
         .tempdir()
         .context("cannot create a temporary workdir")?;
+    let failed = Arc::new(watch::channel(None).0);
     let mut activities = Vec::new();
     for (i, (path, _)) in scripts.iter().enumerate() {
         let script_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -427,24 +475,44 @@ async fn main_inner(args: Args) -> anyhow::Result<()> {
             vpn: switch.as_ref().map(|s| (s.clone(), i)),
             net: Vec::new(),
             hosts: BTreeMap::new(),
+            name: script_name(path),
+            failed: failed.clone(),
         });
     }
     let runs = activities
         .iter_mut()
         .zip(&scripts)
-        .map(|(a, (path, commands))| async move {
-            a.run_script(commands).await.map_err(|e| {
-                if several {
-                    e.context(script_name(path))
-                } else {
-                    e
-                }
-            })
-        });
+        .map(|(a, (_, commands))| a.run_script(commands));
     let results = futures::future::join_all(runs).await;
     drop(temp);
-    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    Ok(())
+    // The failures themselves before the activities they stopped; each named when several ran.
+    let mut failures: Vec<(bool, String)> = results
+        .into_iter()
+        .zip(&scripts)
+        .filter_map(|(r, (path, _))| {
+            let e = r.err()?;
+            let stopped = e.chain().any(|c| c.downcast_ref::<StoppedBy>().is_some());
+            let text = format!("{e:#}");
+            Some(match several {
+                true => (stopped, format!("{}: {text}", script_name(path))),
+                false => (stopped, text),
+            })
+        })
+        .collect();
+    if failures.iter().any(|(stopped, _)| !stopped) {
+        failures.retain(|(stopped, _)| !stopped);
+    }
+    match failures.is_empty() {
+        true => Ok(()),
+        false => bail!(
+            "{}",
+            failures
+                .into_iter()
+                .map(|(_, text)| text)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 fn main() -> ExitCode {

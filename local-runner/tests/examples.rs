@@ -1,10 +1,16 @@
 //! The local runner end to end: the examples under `examples/` against the sample image (real
 //! VMs under TCG), and its failures — each a clear line, a non-zero status, and no VM left.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 const RUNNER: &str = env!("CARGO_BIN_EXE_ya-exescript");
+
+/// How long one run of the runner may take here (two VMs under TCG on a loaded 2-core machine
+/// take well under a minute): past it, the test fails with what the runner printed so far.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -30,8 +36,8 @@ fn run_all(scripts: &[&Path], tmp: &Path, extra: &[&str]) -> Output {
     let mut path = std::ffi::OsString::from(repo().join(".tools/bin"));
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
-    Command::new(RUNNER)
-        .arg("--package")
+    let mut cmd = Command::new(RUNNER);
+    cmd.arg("--package")
         .arg(image)
         .arg("--runtime")
         .arg(runtime)
@@ -41,8 +47,47 @@ fn run_all(scripts: &[&Path], tmp: &Path, extra: &[&str]) -> Output {
         .env("TMPDIR", tmp)
         .env("YA_RUNTIME_VM_ACCEL", "tcg")
         .env("YA_RUNTIME_VM_CACHE_DIR", tmp.join("cache"))
-        .output()
-        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    output_within(cmd, RUN_LIMIT)
+}
+
+/// `cmd`'s output, or a panic showing what it printed if it has not ended within `limit`.
+fn output_within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd.spawn().unwrap();
+    let drain = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = from.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // SIGTERM first: the runner's runtimes then power their VMs off.
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            std::thread::sleep(Duration::from_secs(10));
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the runner did not end within {limit:?}; it printed:\n{}\n{}",
+                text(&stdout.join().unwrap()),
+                text(&stderr.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 /// Processes naming `tmp` and VM scratch dirs in it.
@@ -263,6 +308,42 @@ fn failures_stop_the_script_and_end_the_vm() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("command 2 (sign): unknown variant"), "{err}");
 
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn when_one_of_several_activities_fails_the_others_stop_and_the_failure_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    // `waits` would wait for `fails` forever (as a server waits for a client that gave up).
+    let waits = write(
+        "waits.json",
+        r#"[{"deploy": {}}, {"start": {}},
+            {"run": {"entry_point": "/bin/sh", "args": ["-c", "echo waiting; exec sleep 100000"]}},
+            {"run": {"entry_point": "/bin/echo", "args": ["not reached"]}},
+            {"terminate": {}}]"#,
+    );
+    let fails = write(
+        "fails.json",
+        r#"[{"deploy": {}}, {"start": {}},
+            {"run": {"entry_point": "/bin/sh", "args": ["-c", "sleep 2; exit 4"]}},
+            {"terminate": {}}]"#,
+    );
+    let out = run_all(&[&waits, &fails], tmp.path(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "[waits] waiting\n");
+    let err = text(&out.stderr);
+    let last = err.lines().last().unwrap();
+    // The failure itself, not the activity it stopped.
+    assert_eq!(
+        last, "ya-exescript: fails: command 3 (run): run /bin/sh: exited with 4",
+        "{err}"
+    );
     let left = leftovers(tmp.path());
     assert!(left.is_empty(), "{left:?}");
 }

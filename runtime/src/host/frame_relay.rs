@@ -6,9 +6,9 @@
 //! Relayed rather than handed to QEMU directly, because QEMU 7.2's datagram backend takes an
 //! empty datagram for the end of the connection and stops reading for good: one zero-length
 //! datagram would cut the VM off. Here every frame is checked on the way in: empty ones and
-//! ones longer than [`MAX_FRAME`] are dropped (a TCP stream announcing one is closed), and a VM
-//! that does not take its frames fast enough loses them, as a full NIC ring would, without
-//! holding up the other direction.
+//! ones longer than [`MAX_FRAME`] are dropped (a TCP stream announcing one is closed). A VM that
+//! is slow to take its frames holds up only the direction towards it: a TCP stream is then read
+//! no faster, and a UDP socket's buffer fills and drops what does not fit, as a NIC ring would.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -82,14 +82,15 @@ fn acceptable(len: usize) -> bool {
     (1..=MAX_FRAME).contains(&len)
 }
 
-/// Gives `frame` to QEMU, or drops it when QEMU's socket is full.
-fn to_vm(vm: &UnixDatagram, frame: &[u8]) {
-    match vm.try_send(frame) {
-        Ok(_) => {}
-        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-            tracing::trace!("network: the VM is not taking frames; one dropped");
-        }
-        Err(e) => tracing::trace!("network: a frame for the VM dropped: {e}"),
+/// Gives `frame` to QEMU once its socket has room. The socket pair's send buffer (about 200 KiB
+/// by default, counted with each datagram's overhead) holds some 90 full-size frames, fewer than
+/// a burst of TCP segments: dropping when it was full lost frames whenever QEMU was a moment
+/// late. Waiting holds up only
+/// this direction; meanwhile the exe-unit's socket buffers what follows, and drops beyond that,
+/// as a full NIC ring would.
+async fn to_vm(vm: &UnixDatagram, frame: &[u8]) {
+    if let Err(e) = vm.send(frame).await {
+        tracing::trace!("network: a frame for the VM dropped: {e}");
     }
 }
 
@@ -98,7 +99,7 @@ async fn udp_to_vm(udp: Arc<UdpSocket>, vm: Arc<UnixDatagram>) {
     let mut buf = vec![0u8; MAX_FRAME + 1];
     loop {
         match udp.recv(&mut buf).await {
-            Ok(n) if acceptable(n) => to_vm(&vm, &buf[..n]),
+            Ok(n) if acceptable(n) => to_vm(&vm, &buf[..n]).await,
             Ok(n) => tracing::trace!("network: a {n}-byte datagram dropped"),
             // The exe-unit's socket is not there (yet, or any more): keep listening.
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
@@ -150,7 +151,7 @@ async fn stream_to_vm(
         }
         rd.read_exact(&mut buf[..n]).await?;
         if n > 0 {
-            to_vm(vm, &buf[..n]);
+            to_vm(vm, &buf[..n]).await;
         }
     }
 }
@@ -212,6 +213,28 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"from-the-vm");
+    }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_the_vms_socket_buffer_arrives_whole_and_in_order() {
+        let (_relay, exe_unit, qemu) = udp_relay().await;
+        // 160 full-size Ethernet frames (about 360 KiB of socket memory) is more than a unix
+        // socket's default send buffer holds, sent while QEMU's end reads nothing.
+        let frame = |i: u16| {
+            let mut f = vec![0u8; 1514];
+            f[..2].copy_from_slice(&i.to_be_bytes());
+            f
+        };
+        for i in 0..160u16 {
+            exe_unit.send(&frame(i)).await.unwrap();
+            if i % 40 == 39 {
+                // Time for the relay to move them (the exe-unit's socket buffer is no larger).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for i in 0..160u16 {
+            assert_eq!(recv(&qemu).await[..2], i.to_be_bytes());
+        }
     }
 
     #[tokio::test]
