@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use crate::{ConfigError, Console, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
+use crate::{Accel, ConfigError, Console, DiskAccess, Machine, VmConfig, Vsock, MIN_MEMORY_MIB};
 
 /// A value inside a QEMU `key=value,…` option: commas doubled, control characters refused.
 fn opt_value(what: &'static str, value: &str) -> Result<String, ConfigError> {
@@ -92,7 +92,12 @@ impl VmConfig {
         let m = self.machine;
         let mut a: Vec<String> = Vec::new();
         let mut push = |parts: &[&str]| a.extend(parts.iter().map(|s| s.to_string()));
-        push(&["-accel", self.accel.name(), "-M", m.arg(), "-cpu", "max"]);
+        let accel = match self.accel {
+            Accel::Tcg if self.tcg_cache_mib == 0 => return Err(ConfigError::NoTcgCache),
+            Accel::Tcg => format!("tcg,tb-size={}", self.tcg_cache_mib),
+            Accel::Kvm => "kvm".into(),
+        };
+        push(&["-accel", &accel, "-M", m.arg(), "-cpu", "max"]);
         push(&[
             "-smp",
             &self.cpus.to_string(),
@@ -258,6 +263,7 @@ mod tests {
             }],
             console: Console::File("/run/a/console.log".into()),
             free_page_reporting: false,
+            tcg_cache_mib: 64,
             tsc_khz: None,
         }
     }
@@ -270,7 +276,7 @@ mod tests {
     fn golden_q35() {
         assert_eq!(
             joined(&sample(Machine::Q35)),
-            "-accel tcg -M q35 -cpu max -smp 2 -m 512M \
+            "-accel tcg,tb-size=64 -M q35 -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -chardev file,id=console,path=/run/a/console.log -serial chardev:console \
@@ -387,6 +393,12 @@ mod tests {
         let mut c = sample(Machine::Q35);
         c.memory_mib = 32;
         assert_eq!(c.to_args(), Err(ConfigError::TooLittleMemory(32)));
+        // QEMU would read 0 as its own default, up to 1 GiB.
+        let mut c = sample(Machine::Q35);
+        c.tcg_cache_mib = 0;
+        assert_eq!(c.to_args(), Err(ConfigError::NoTcgCache));
+        c.accel = Accel::Kvm;
+        assert!(joined(&c).starts_with("-accel kvm -M q35"));
         let mut c = sample(Machine::Q35);
         c.shares[1].tag = "vol0".into();
         assert_eq!(c.to_args(), Err(ConfigError::DuplicateTag("vol0".into())));

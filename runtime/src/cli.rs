@@ -66,6 +66,17 @@ pub struct Cli {
         default_value = "auto"
     )]
     pub accel: qemu_config::AccelRequest,
+    /// TCG's translation cache in MiB (without KVM): how much host memory QEMU may hold for the
+    /// guest code it has translated, on top of the VM's memory. QEMU's own default is an eighth
+    /// of the host's RAM, up to 1 GiB, which a guest that keeps making code fills.
+    #[arg(
+        long,
+        global = true,
+        env = "YA_RUNTIME_VM_TCG_CACHE_MIB",
+        default_value_t = qemu_config::DEFAULT_TCG_CACHE_MIB,
+        value_parser = clap::value_parser!(u64).range(8..=4096)
+    )]
+    pub tcg_cache_mib: u64,
     /// vsock transport: auto (the kernel's vhost-vsock where /dev/vhost-vsock can be opened,
     /// else vhost-device-vsock), kernel, or user (vhost-device-vsock).
     #[arg(

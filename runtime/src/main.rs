@@ -149,6 +149,7 @@ fn vm_options(cli: &Cli, network: Vec<(Interface, Transport)>) -> anyhow::Result
     Ok(VmOptions {
         runtime_dir,
         accel: choice.accel,
+        tcg_cache_mib: cli.tcg_cache_mib,
         host_tsc_khz,
         vsock: cli.vsock,
         network,

@@ -45,6 +45,8 @@ pub struct VmOptions {
     pub runtime_dir: RuntimeDir,
     /// The accelerator.
     pub accel: Accel,
+    /// TCG's translation cache in MiB.
+    pub tcg_cache_mib: u64,
     /// The host TSC's frequency in kHz where it was measured (under TCG: the guest needs it on
     /// microvm, see [`qemu_config::tsc`]).
     pub host_tsc_khz: Option<u64>,
@@ -155,6 +157,7 @@ impl RunningVm {
         let config = vm_spec::vm_config(
             d,
             opts.accel,
+            opts.tcg_cache_mib,
             opts.host_tsc_khz,
             opts.runtime_dir.kernel.clone(),
             opts.runtime_dir.initramfs.clone(),

@@ -46,6 +46,7 @@ pub fn boot_params(d: &Deployment, agent_port: Option<u32>) -> BootParams {
 pub fn vm_config(
     d: &Deployment,
     accel: Accel,
+    tcg_cache_mib: u64,
     host_tsc_khz: Option<u64>,
     kernel: PathBuf,
     initrd: PathBuf,
@@ -83,6 +84,7 @@ pub fn vm_config(
         nics: devices.nics,
         console: devices.console,
         free_page_reporting: true,
+        tcg_cache_mib,
     })
 }
 
@@ -180,6 +182,7 @@ mod tests {
         let args = vm_config(
             &d,
             Accel::Tcg,
+            64,
             Some(2_596_136),
             "/rt/vmlinux".into(),
             "/rt/initramfs.cpio".into(),
@@ -191,7 +194,7 @@ mod tests {
         .join(" ");
         assert_eq!(
             args,
-            "-accel tcg -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
+            "-accel tcg,tb-size=64 -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-device,free-page-reporting=on \

@@ -262,6 +262,11 @@ async fn bad_inputs_fail_in_one_line_and_leave_the_workdir_untouched() {
         ),
         (
             good.display().to_string(),
+            vec!["--tcg-cache-mib", "4"],
+            "--tcg-cache-mib",
+        ),
+        (
+            good.display().to_string(),
             vec!["--max-package-gib", "0"],
             "--max-package-gib must be a positive number of GiB, got 0",
         ),

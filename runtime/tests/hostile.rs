@@ -67,6 +67,36 @@ async fn a_console_flood_leaves_the_hosts_disk_and_the_runtimes_memory_flat() {
     assert!(activity.leftovers().await.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_makes_code_without_end_grows_qemu_by_at_most_its_translation_cache() {
+    let activity = Activity::deploy().await;
+    let tool = activity.install_tool("hostile", "/golem/input");
+    let (rt, mut events) = activity.start().await;
+    let qemu = activity
+        .pid_of("qemu-system-x86_64")
+        .expect("QEMU is running");
+    let before = rss_kib(qemu);
+    // 2 MiB of code, 4 times over: half a million blocks translated anew, which grew QEMU by
+    // some 230 MiB with its default cache (an eighth of the host's RAM, up to 1 GiB).
+    let pid = pid_of(&rt, run(&tool, &["hostile", "code-churn", "2", "4"])).await;
+    let (out, err, code) = finish(&mut events, pid).await;
+    assert_eq!(code, 0, "{}", String::from_utf8_lossy(&err));
+    assert!(out.starts_with(b"ran 524288 blocks"), "{out:?}");
+    let after = rss_kib(qemu);
+    // At most the cache, the 2 MiB the guest touched and some slack.
+    let limit = (qemu_config::DEFAULT_TCG_CACHE_MIB + 24) * 1024;
+    eprintln!("QEMU RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + limit,
+        "QEMU's RSS grew from {before} KiB to {after} KiB"
+    );
+    // The VM goes on.
+    let pid = pid_of(&rt, run("/bin/echo", &["echo", "still here"])).await;
+    assert_eq!(finish(&mut events, pid).await.0, b"still here\n");
+    assert_eq!(activity.shut_down(&rt).await, 0);
+    assert!(activity.leftovers().await.is_empty());
+}
+
 /// Stops PID 1 with ptrace from inside the guest; returns the tool's pid (whose exit can never be
 /// reported).
 async fn stop_init(rt: &impl RuntimeService, tool: &str) -> u64 {

@@ -279,6 +279,7 @@ pub fn qemu_args_on(
         nics: Vec::new(),
         console: Console::File(d.join("console.log")),
         free_page_reporting: false,
+        tcg_cache_mib: qemu_config::DEFAULT_TCG_CACHE_MIB,
     };
     if devices {
         vm.disks.push(Disk {

@@ -16,6 +16,9 @@
 //!   never started).
 //! - `hostile fork-bomb SECONDS` — a classic fork bomb that stops forking after SECONDS.
 //! - `hostile cpu-hog SECONDS N` — N processes spinning for SECONDS.
+//! - `hostile code-churn MIB ROUNDS` — makes MIB MiB of machine code in memory and runs every
+//!   block of it, ROUNDS times, rewriting it between rounds, as a JIT does: under TCG every block
+//!   run is translated anew, which grows QEMU's translation cache.
 //! - `hostile create PATH MODE` — creates PATH with `open(O_CREAT | O_EXCL, MODE)` (octal), the
 //!   way a program makes a setuid file in one call.
 //!
@@ -45,10 +48,12 @@ fn main() {
         ["fork-bomb", secs] => number(secs).and_then(fork_bomb),
         ["cpu-hog", secs, n] => number(secs).and_then(|s| cpu_hog(s, number(n)?)),
         ["create", path, mode] => create(path, mode),
+        ["code-churn", mib, rounds] => number(mib).and_then(|m| code_churn(m, number(rounds)?)),
         _ => {
             eprintln!(
                 "usage: hostile console-flood BYTES | stop-init | steal-conn MODE \
-                 | fork-bomb SECONDS | cpu-hog SECONDS N | create PATH MODE"
+                 | fork-bomb SECONDS | cpu-hog SECONDS N | create PATH MODE \
+                 | code-churn MIB ROUNDS"
             );
             std::process::exit(2);
         }
@@ -484,4 +489,50 @@ fn cpu_hog(secs: u64, n: u64) -> Result<String> {
         })?;
     }
     Ok("hogging".into())
+}
+
+// ---- code-churn ----
+
+/// Bytes of one generated block: `mov eax, imm32; ret`, padded.
+const BLOCK: usize = 16;
+
+fn code_churn(mib: u64, rounds: u64) -> Result<String> {
+    let len = usize::try_from(mib << 20).map_err(|_| "too many MiB".to_string())?;
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let mem = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if mem == libc::MAP_FAILED {
+        return Err(os_error("mmap"));
+    }
+    let blocks = len / BLOCK;
+    let mut sum = 0u64;
+    for round in 0..rounds {
+        // SAFETY: `mem` is `len` writable bytes, and nothing runs from them while they are written.
+        let code = unsafe { std::slice::from_raw_parts_mut(mem.cast::<u8>(), len) };
+        for (i, block) in code.chunks_exact_mut(BLOCK).enumerate() {
+            let imm = (i as u32) ^ (round as u32).rotate_left(24);
+            block[0] = 0xb8; // mov eax, imm32
+            block[1..5].copy_from_slice(&imm.to_le_bytes());
+            block[5] = 0xc3; // ret
+            block[6..].fill(0xcc); // int3: never reached
+        }
+        for i in 0..blocks {
+            // SAFETY: block `i` is a complete `mov eax, imm32; ret` written above; x86 keeps
+            // instruction fetch coherent with the stores that preceded it.
+            let f: extern "C" fn() -> u32 =
+                unsafe { std::mem::transmute(mem.cast::<u8>().add(i * BLOCK)) };
+            sum = sum.wrapping_add(u64::from(f()));
+        }
+    }
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(mem, len) };
+    Ok(format!("ran {} blocks (sum {sum})", blocks as u64 * rounds))
 }

@@ -175,6 +175,7 @@ mod tests {
                 initramfs: "/nonexistent/initramfs.cpio".into(),
             },
             accel: qemu_config::Accel::Tcg,
+            tcg_cache_mib: qemu_config::DEFAULT_TCG_CACHE_MIB,
             host_tsc_khz: None,
             vsock: crate::cli::VsockRequest::Auto,
             network: Vec::new(),
