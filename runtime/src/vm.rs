@@ -134,6 +134,7 @@ impl RunningVm {
         workdir: &std::path::Path,
         opts: &VmOptions,
     ) -> anyhow::Result<(Self, Events)> {
+        let began = std::time::Instant::now();
         let scratch = scratch_dir::create().context("cannot create the VM's scratch directory")?;
         let rd = scratch.path().to_path_buf();
         let mut console = OutputTail::console().context("cannot make the console's socket pair")?;
@@ -188,6 +189,7 @@ impl RunningVm {
             inherit_fd(qemu_cmd.as_std_mut(), fd);
         }
         let mut qemu = Helper::spawn("QEMU", &mut qemu_cmd)?;
+        let spawned = began.elapsed();
         // QEMU holds the vsock device (and so the CID), the disks and the console's end now:
         // they are gone when it is.
         drop(vsock.inherited.take());
@@ -230,6 +232,7 @@ impl RunningVm {
                 )
             }
         };
+        let accepted = began.elapsed();
         let (agent, events) = AgentClient::new(conn);
         let vm = Self {
             state: Mutex::new(State::Ready),
@@ -245,17 +248,25 @@ impl RunningVm {
         };
         let ready = async {
             vm.agent.hello().await?;
+            let hello = began.elapsed();
             for (path, mount) in vm_spec::guest_mounts(d) {
                 vm.agent
                     .mount(mount)
                     .await
                     .with_context(|| format!("cannot mount the volume at {path}"))?;
             }
-            anyhow::Ok(())
+            anyhow::Ok(hello)
         };
-        if let Err(e) = ready.await {
-            vm.kill().await;
-            return Err(e);
+        match ready.await {
+            Ok(hello) => tracing::debug!(
+                "VM ready in {:?}: QEMU spawned at {spawned:?}, the agent connected at \
+                 {accepted:?}, its hello at {hello:?}",
+                began.elapsed()
+            ),
+            Err(e) => {
+                vm.kill().await;
+                return Err(e);
+            }
         }
         Ok((vm, events))
     }
