@@ -72,13 +72,14 @@ make_initramfs() {
 # root with one volume, so the check covers the vsock agent, exec and virtio-fs.
 make_self_test_image() {
   local out=$1 root="$tmp/self-test"
-  (cd "$REPO_ROOT" && cargo build --quiet -p test-fixtures --bin gvmi-build) \
+  (cd "$REPO_ROOT" && cargo build --quiet -p gvmi-build) \
     || die "building gvmi-build failed"
   busybox_rootfs "$root"
   mkdir -p "$root/golem/output"
   printf '%s' '{"Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/","Volumes":{"/golem/output":{}}}' \
     >"$tmp/self-test.json"
-  "$target_dir/debug/gvmi-build" "$root" "$tmp/self-test.json" "$out" >/dev/null \
+  "$target_dir/debug/gvmi-build" "$root" -o "$out" --config "$tmp/self-test.json" --compression lz4 \
+    >/dev/null 2>&1 \
     || die "building the self-test image failed"
 }
 

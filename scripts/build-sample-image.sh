@@ -14,7 +14,7 @@ if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "$out"; exit 0
 fi
 
-cargo build --quiet -p test-fixtures --bin gvmi-build
+cargo build --quiet -p gvmi-build
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -26,6 +26,7 @@ cat >"$work/config.json" <<'JSON'
 {"Hostname":"","User":"","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","GOLEM_SAMPLE=1"],"Cmd":["/bin/sh"],"Entrypoint":null,"WorkingDir":"/golem/work","Volumes":{"/golem/input":{},"/golem/output":{}},"Labels":null,"OnBuild":null}
 JSON
 mkdir -p "$out_dir"
-"$REPO_ROOT/target/debug/gvmi-build" "$root" "$work/config.json" "$out"
+"$REPO_ROOT/target/debug/gvmi-build" "$root" -o "$out" --config "$work/config.json" --compression lz4 \
+  >/dev/null
 echo "$want" >"$stamp"
 echo "$out"

@@ -8,4 +8,9 @@
 //! A plain root directory skips the first steps. The runtime's own reader
 //! (`image_loader::gvmi`) reads the result.
 
+pub mod convert;
+pub mod image;
 pub mod merge;
+pub mod source;
+pub mod squashfs;
+pub mod trailer;
