@@ -161,13 +161,14 @@ fn squash_image(
     let init = init_layer();
     plan.add_layer(init.as_slice())?;
     plan.check()?;
-    let root = plan.root().cloned().unwrap_or(Meta {
+    let mut root = plan.root().cloned().unwrap_or(Meta {
         mode: 0o755,
         uid: 0,
         gid: 0,
         mtime: 0,
         xattrs: Vec::new(),
     });
+    root.mtime = plan.newest();
     squashfs::from_tar(out, compression, &root, |w| {
         let mut tar = tar::Builder::new(w);
         plan.write_dirs(&mut tar)?;

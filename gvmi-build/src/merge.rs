@@ -187,6 +187,7 @@ pub struct Plan {
     entries: BTreeMap<String, Chosen>,
     root: Option<Meta>,
     layers: usize,
+    newest: u64,
 }
 
 /// A path as the layer writes it, made relative and split on `/`: `None` for the root, an error
@@ -314,6 +315,11 @@ impl Plan {
         self.root.as_ref()
     }
 
+    /// The newest modification time of any entry seen.
+    pub fn newest(&self) -> u64 {
+        self.newest
+    }
+
     /// Removes `path`'s subtree (not `path` itself) where it came from a layer below `layer`
     /// (`None`: whatever layer).
     fn remove_under(&mut self, path: &str, below: Option<usize>) {
@@ -354,6 +360,7 @@ impl Plan {
     }
 
     fn apply(&mut self, layer: usize, ordinal: usize, seen: Seen) -> Result<(), MergeError> {
+        self.newest = self.newest.max(seen.meta.mtime);
         let Some(path) = seen.path else {
             if seen.kind == Kind::Dir {
                 self.root = Some(seen.meta);

@@ -119,17 +119,25 @@ fn collect(r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
     })
 }
 
-/// A squashfs of the directory `root` at `out` (its owners and modes as they are).
+/// `SOURCE_DATE_EPOCH`, the reproducible-builds convention, when set to a number.
+fn source_date_epoch() -> Option<u64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+}
+
+/// A squashfs of the directory `root` at `out` (its owners and modes as they are; the creation
+/// time `SOURCE_DATE_EPOCH` when set).
 pub fn from_dir(root: &Path, out: &Path, compression: Compression) -> Result<(), SquashfsError> {
-    let mut child = command(root, out, compression)
-        .spawn()
-        .map_err(SquashfsError::Spawn)?;
+    let mut cmd = command(root, out, compression);
+    if let Some(t) = source_date_epoch() {
+        cmd.args(["-mkfs-time", &t.to_string()]);
+    }
+    let mut child = cmd.spawn().map_err(SquashfsError::Spawn)?;
     let stderr = child.stderr.take().map(collect);
     finish(child, stderr)
 }
 
 /// A squashfs at `out` of the tar that `write` streams; the root directory gets `root`'s
-/// attributes. An error of `write` stops mksquashfs and is returned as it is.
+/// attributes, its time the newest of the image (`root.mtime`). An error of `write` stops mksquashfs and is returned as it is.
 pub fn from_tar<E: From<SquashfsError>>(
     out: &Path,
     compression: Compression,
@@ -141,7 +149,14 @@ pub fn from_tar<E: From<SquashfsError>>(
         .args(["-root-mode", &format!("{:o}", root.mode & 0o7777)])
         .args(["-root-uid", &root.uid.to_string()])
         .args(["-root-gid", &root.gid.to_string()])
-        .args(["-root-time", &root.mtime.to_string()])
+        // The same layers give the same bytes (and so the same hash). mksquashfs's tar mode
+        // ignores -root-time and stamps the root and the file system with the time of the
+        // build, unless SOURCE_DATE_EPOCH is set, which also clamps any later file time: the
+        // newest time in the image changes nothing and stamps both.
+        .env(
+            "SOURCE_DATE_EPOCH",
+            source_date_epoch().unwrap_or(root.mtime).to_string(),
+        )
         .stdin(Stdio::piped())
         .spawn()
         .map_err(|e| E::from(SquashfsError::Spawn(e)))?;

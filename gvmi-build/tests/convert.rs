@@ -220,6 +220,10 @@ fn an_oci_layout_its_archive_and_a_docker_archive_give_the_same_image() {
         assert!(tail.contains(&format!("\"Image\":\"{id}\"")), "{tail}");
         listings.push(listing(&out_path));
     }
+    // The same bytes from every form: the output is reproducible.
+    let bytes = |f: &str| std::fs::read(tmp.path().join(f)).unwrap();
+    assert!(bytes("layout.gvmi") == bytes("docker.tar.gvmi"));
+    assert!(bytes("layout.gvmi") == bytes("oci.tar.gvmi"));
     assert_eq!(listings[0], EXPECTED);
     assert_eq!(listings[1], EXPECTED);
     assert_eq!(listings[2], EXPECTED);
