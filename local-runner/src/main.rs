@@ -54,8 +54,12 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 #[command(name = "ya-exescript", version)]
 struct Args {
     /// The ExeScript (a JSON list of commands); several run as several activities at once.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "try_image", conflicts_with = "try_image")]
     scripts: Vec<PathBuf>,
+    /// Instead of a script: boot the image and show what a requestor's commands will find
+    /// (`ls -la /`, the user and working directory, the environment, the volumes), then stop.
+    #[arg(long = "try")]
+    try_image: bool,
     /// The task package: a .gvmi path or any reference ya-runtime-vm accepts.
     #[arg(long)]
     package: String,
@@ -72,6 +76,15 @@ struct Args {
     #[arg(long = "runtime-arg", allow_hyphen_values = true)]
     runtime_args: Vec<String>,
 }
+
+/// What `--try` runs: a look at the image from inside, as a requestor's commands will see it.
+const TRY_SCRIPT: &str = r#"[
+  {"deploy": {}},
+  {"start": {}},
+  {"run": {"entry_point": "/bin/sh", "args": ["-c",
+    "echo '== ls -la /'; ls -la /; echo; echo \"== user: $(id)\"; echo \"== working directory: $(pwd)\"; echo; echo '== environment'; env | sort; echo; echo '== volumes (virtio-fs, kept on the host)'; grep ' virtiofs ' /proc/mounts | cut -d' ' -f2"]}},
+  {"terminate": {}}
+]"#;
 
 /// A started runtime.
 trait Runtime: RuntimeService + RuntimeControl {}
@@ -428,6 +441,10 @@ fn script_name(path: &Path) -> String {
 async fn main_inner(args: Args) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let mut scripts = Vec::new();
+    if args.try_image {
+        let commands = script::parse(TRY_SCRIPT).map_err(|e| anyhow!("the --try script: {e}"))?;
+        scripts.push((PathBuf::from("try"), commands));
+    }
     for path in &args.scripts {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;

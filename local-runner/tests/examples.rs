@@ -347,3 +347,75 @@ fn when_one_of_several_activities_fails_the_others_stop_and_the_failure_is_repor
     let left = leftovers(tmp.path());
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn an_image_archive_becomes_a_booted_vm_in_two_commands() {
+    use test_fixtures::oci::{self, Entry};
+    let tmp = tempfile::tempdir().unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh)");
+    let mut base = vec![Entry::File("bin/busybox", busybox, 0o755, 0)];
+    for applet in [
+        "bin/sh", "bin/ls", "bin/id", "bin/pwd", "bin/env", "bin/sort", "bin/grep", "bin/cut",
+    ] {
+        base.push(Entry::Symlink(applet, "busybox"));
+    }
+    let app = vec![
+        Entry::File("app/run", b"#!/bin/sh\necho app\n".to_vec(), 0o755, 0),
+        Entry::Dir("data", 0o755),
+    ];
+    let config = serde_json::json!({
+        "Env": ["PATH=/bin", "APP_MODE=try"],
+        "WorkingDir": "/app",
+        "Volumes": {"/data": {}}
+    });
+    let archive = tmp.path().join("app.tar");
+    oci::docker_archive(
+        &archive,
+        &[(
+            &["app:1"],
+            config,
+            vec![oci::layer(&base), oci::layer(&app)],
+        )],
+    );
+
+    // 1. gvmi-build app.tar -o app.gvmi
+    let gvmi = tmp.path().join("app.gvmi");
+    let built = Command::new(repo().join("target/debug/gvmi-build"))
+        .arg(&archive)
+        .arg("-o")
+        .arg(&gvmi)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    // 2. ya-exescript --package app.gvmi --try
+    let mut cmd = Command::new(RUNNER);
+    cmd.arg("--package")
+        .arg(&gvmi)
+        .arg("--runtime")
+        .arg(repo().join("target/debug/ya-runtime-vm"))
+        .arg("--try")
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", repo().join(".tools/bin").display()),
+        )
+        .env("TMPDIR", tmp.path())
+        .env("YA_RUNTIME_VM_ACCEL", "tcg")
+        .env("YA_RUNTIME_VM_CACHE_DIR", tmp.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = output_within(cmd, RUN_LIMIT);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for want in [
+        "== ls -la /",
+        " app\n",
+        "== user: uid=0 gid=0",
+        "== working directory: /app\n",
+        "APP_MODE=try\n",
+        "== volumes (virtio-fs, kept on the host)\n/data\n",
+    ] {
+        assert!(stdout.contains(want), "{want:?} not in:\n{stdout}");
+    }
+    let left = leftovers(tmp.path());
+    assert!(left.is_empty(), "{left:?}");
+}
