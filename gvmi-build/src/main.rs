@@ -183,10 +183,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         source = Source::open(&args.input)?;
         image = Image::resolve(&source, args.image.as_deref())?;
         eprintln!(
-            "gvmi-build: {} (sha256:{}), {} layers, {}",
+            "gvmi-build: {} (sha256:{}), {} layer{}, {}",
             image.name,
             image.id,
             image.layers.len(),
+            if image.layers.len() == 1 { "" } else { "s" },
             human(image.layers.iter().map(|l| l.size).sum())
         );
         let base = match image.config.get("config") {

@@ -338,6 +338,28 @@ impl Plan {
         for k in doomed {
             self.entries.remove(&k);
         }
+        // What its own layer put under a hidden directory stays (a layer that both hides and
+        // fills a directory is out of the spec, but seen): its directories are implied again, so
+        // that nothing is left without a parent.
+        if let Some(layer) = below {
+            let survivors: Vec<String> = self
+                .entries
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in survivors {
+                for a in ancestors(&k) {
+                    self.entries.entry(a.to_string()).or_insert_with(|| Chosen {
+                        layer,
+                        ordinal: usize::MAX,
+                        kind: Kind::Dir,
+                        dir: Some(Meta::implied(0)),
+                        target: None,
+                    });
+                }
+            }
+        }
     }
 
     /// Takes one layer's headers (the uncompressed tar; its file contents are skipped).

@@ -56,6 +56,9 @@ pub enum SquashfsError {
     },
 }
 
+/// The memory mksquashfs may use for its caches.
+const MKSQUASHFS_MEM: &str = "256M";
+
 /// Most bytes of mksquashfs's output kept for an error message.
 const MESSAGE_LIMIT: usize = 64 * 1024;
 
@@ -65,6 +68,10 @@ fn command(source: &Path, out: &Path, compression: Compression) -> Command {
     c.arg(source)
         .arg(out)
         .args(["-noappend", "-quiet", "-no-progress"])
+        // mksquashfs sizes its caches to a quarter of the host's RAM and fills them as the image
+        // grows (6 GiB here); this bound keeps it near 100 MiB whatever the image, at the same
+        // speed (measured: bench-gvmi-build).
+        .args(["-mem", MKSQUASHFS_MEM])
         .args(compression.args())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

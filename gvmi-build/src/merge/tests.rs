@@ -167,6 +167,17 @@ fn a_whiteout_keeps_what_its_own_layer_adds_and_an_opaque_dir_keeps_its_own_laye
 }
 
 #[test]
+fn a_layer_that_hides_and_fills_a_directory_keeps_what_it_adds_under_a_parent() {
+    // Found by the property test below: the whiteout of a/c after this layer's own a/c/d.
+    let l1 = layer(&[E::File("a/c/old", b"1"), E::Dir("a/c/d", 0o700)]);
+    let l2 = layer(&[E::Dir("a/c/d", 0o755), E::File("a/.wh.c", b"")]);
+    assert_eq!(
+        merge(&[l1, l2]).unwrap(),
+        ["a d 755 0", "a/c d 755 0", "a/c/d d 755 0"]
+    );
+}
+
+#[test]
 fn modes_owners_devices_and_links_come_through() {
     let l1 = layer(&[
         E::Mode("usr/bin/su", b"su", 0o4755, 0),
