@@ -410,3 +410,52 @@ fn a_root_directory_takes_its_config_from_a_file_and_flags() {
         "gvmi-build: --env \"NOEQUALS\" is not KEY=VALUE"
     );
 }
+
+#[test]
+fn every_compression_gvmkit_build_offers_and_an_image_picked_by_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let two = tmp.path().join("two.tar");
+    let layers = layers();
+    oci::docker_archive(
+        &two,
+        &[
+            (&["a:1"], config(), vec![layers[0].clone()]),
+            (
+                &["b:2"],
+                config(),
+                vec![layers[0].clone(), layers[1].clone()],
+            ),
+        ],
+    );
+    // b's id, from the name gvmi-build prints for it.
+    let by_tag = convert(&two, &tmp.path().join("b.gvmi"), &["--image", "b:2"]);
+    assert!(by_tag.status.success(), "{}", text(&by_tag.stderr));
+    let err = text(&by_tag.stderr);
+    let id = &err[err.find("(sha256:").unwrap() + 8..][..64];
+    for (n, compression) in ["lzo", "gzip", "lz4", "xz", "zstd"].iter().enumerate() {
+        let out_path = tmp.path().join(format!("{compression}.gvmi"));
+        // Each compression with b picked by a different length of its digest.
+        let wanted = format!("sha256:{}", &id[..12 + n * 10]);
+        let out = convert(
+            &two,
+            &out_path,
+            &["--image", &wanted, "--compression", compression],
+        );
+        assert!(out.status.success(), "{compression}: {}", text(&out.stderr));
+        let super_block = Command::new("unsquashfs")
+            .arg("-s")
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        assert!(
+            text(&super_block.stdout).contains(&format!("Compression {compression}")),
+            "{}",
+            text(&super_block.stdout)
+        );
+        let listing = listing(&out_path);
+        assert!(
+            listing.iter().any(|l| l.ends_with(" /var/cache/apt/fresh")),
+            "{listing:?}"
+        );
+    }
+}
