@@ -459,3 +459,37 @@ fn every_compression_gvmkit_build_offers_and_an_image_picked_by_digest() {
         );
     }
 }
+
+#[test]
+fn a_multi_platform_index_resolves_to_linux_amd64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("multi");
+    let arm = serde_json::json!({"Env": ["ARCH=arm64"]});
+    let amd = serde_json::json!({"Env": ["ARCH=amd64"]});
+    let layers = layers();
+    let ids = oci::oci_multi_platform(
+        &layout,
+        "app:1",
+        &[
+            ("arm64", arm, vec![layers[0].clone()]),
+            ("amd64", amd, vec![layers[0].clone(), layers[1].clone()]),
+        ],
+    );
+    let out_path = tmp.path().join("multi.gvmi");
+    let out = convert(&layout, &out_path, &["--image", "app:1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let image = image_loader::gvmi::read_gvmi(&out_path).unwrap();
+    assert_eq!(image.config.env, ["ARCH=amd64"]);
+    assert!(text(&out.stderr).contains(&ids[1]), "{}", text(&out.stderr));
+    // Only arm64: a clear error.
+    let only_arm = tmp.path().join("arm");
+    oci::oci_multi_platform(
+        &only_arm,
+        "app:1",
+        &[("arm64", serde_json::json!({}), vec![layers[0].clone()])],
+    );
+    assert_eq!(
+        refused(&only_arm, &[]),
+        "gvmi-build: app:1 has no linux/amd64 image"
+    );
+}
