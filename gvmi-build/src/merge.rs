@@ -225,6 +225,8 @@ struct Seen {
     path: Option<String>,
     kind: Kind,
     meta: Meta,
+    /// A device's (major, minor).
+    dev: (u32, u32),
     target: Option<String>,
 }
 
@@ -284,6 +286,10 @@ fn read_entry<R: Read>(
         }
     }
     let header = entry.header();
+    let dev = (
+        header.device_major().ok().flatten().unwrap_or(0),
+        header.device_minor().ok().flatten().unwrap_or(0),
+    );
     let meta = Meta {
         mode: header.mode().map_err(read)? & 0o7777,
         uid: header.uid().map_err(read)?,
@@ -295,8 +301,30 @@ fn read_entry<R: Read>(
         path,
         kind,
         meta,
+        dev,
         target,
     }))
+}
+
+/// Calls `f` with each entry of the layer `layer` (from 0) that is not a global header, and its
+/// position in the layer: the one walk both passes make, so that they number entries alike.
+fn each_entry<R: Read>(
+    tar: R,
+    layer: usize,
+    mut f: impl FnMut(usize, &mut tar::Entry<'_, R>, Seen) -> Result<(), MergeError>,
+) -> Result<(), MergeError> {
+    let read = |source| MergeError::Read {
+        layer: layer + 1,
+        source,
+    };
+    let mut archive = tar::Archive::new(tar);
+    for (ordinal, entry) in archive.entries().map_err(read)?.enumerate() {
+        let mut entry = entry.map_err(read)?;
+        if let Some(seen) = read_entry(&mut entry, layer)? {
+            f(ordinal, &mut entry, seen)?;
+        }
+    }
+    Ok(())
 }
 
 impl Plan {
@@ -366,19 +394,9 @@ impl Plan {
     pub fn add_layer(&mut self, tar: impl Read) -> Result<(), MergeError> {
         let layer = self.layers;
         self.layers += 1;
-        let read = |source| MergeError::Read {
-            layer: layer + 1,
-            source,
-        };
-        let mut archive = tar::Archive::new(tar);
-        for (ordinal, entry) in archive.entries().map_err(read)?.enumerate() {
-            let mut entry = entry.map_err(read)?;
-            let Some(seen) = read_entry(&mut entry, layer)? else {
-                continue;
-            };
-            self.apply(layer, ordinal, seen)?;
-        }
-        Ok(())
+        each_entry(tar, layer, |ordinal, _, seen| {
+            self.apply(layer, ordinal, seen)
+        })
     }
 
     fn apply(&mut self, layer: usize, ordinal: usize, seen: Seen) -> Result<(), MergeError> {
@@ -479,7 +497,14 @@ impl Plan {
     pub fn write_dirs<W: Write>(&self, out: &mut tar::Builder<W>) -> Result<(), MergeError> {
         for (path, c) in &self.entries {
             if let (Kind::Dir, Some(meta)) = (c.kind, &c.dir) {
-                emit(out, path, Kind::Dir, meta, None, 0, io::empty())?;
+                let dir = Seen {
+                    path: None,
+                    kind: Kind::Dir,
+                    meta: meta.clone(),
+                    dev: (0, 0),
+                    target: None,
+                };
+                emit(out, path, &dir, 0, io::empty())?;
             }
         }
         Ok(())
@@ -493,64 +518,27 @@ impl Plan {
         tar: impl Read,
         out: &mut tar::Builder<W>,
     ) -> Result<(), MergeError> {
-        let read = |source| MergeError::Read {
-            layer: layer + 1,
-            source,
-        };
-        let mut archive = tar::Archive::new(tar);
-        for (ordinal, entry) in archive.entries().map_err(read)?.enumerate() {
-            let mut entry = entry.map_err(read)?;
-            let Some(seen) = read_entry(&mut entry, layer)? else {
-                continue;
+        each_entry(tar, layer, |ordinal, entry, seen| {
+            let Some(path) = &seen.path else {
+                return Ok(());
             };
-            let Some(path) = &seen.path else { continue };
             let Some(c) = self.entries.get(path) else {
-                continue;
+                return Ok(());
             };
             if c.layer != layer || c.ordinal != ordinal || c.kind == Kind::Dir {
-                continue;
+                return Ok(());
             }
             if c.kind != seen.kind {
                 return Err(MergeError::Changed { layer: layer + 1 });
             }
-            let (dev, size) = {
-                let h = entry.header();
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                (
-                    (major, minor),
-                    if seen.kind == Kind::File {
-                        entry.size()
-                    } else {
-                        0
-                    },
-                )
+            let size = if seen.kind == Kind::File {
+                entry.size()
+            } else {
+                0
             };
-            let mut meta = seen.meta;
-            if matches!(seen.kind, Kind::Char | Kind::Block) {
-                meta.xattrs.push((DEV_KEY.into(), dev_bytes(dev)));
-            }
-            emit(
-                out,
-                path,
-                seen.kind,
-                &meta,
-                seen.target.as_deref(),
-                size,
-                &mut entry,
-            )?;
-        }
-        Ok(())
+            emit(out, path, &seen, size, entry)
+        })
     }
-}
-
-/// Carries a device's numbers from [`Plan::write_layer`] to [`emit`] (never written as an xattr).
-const DEV_KEY: &str = "\0dev";
-
-fn dev_bytes((major, minor): (u32, u32)) -> Vec<u8> {
-    let mut b = major.to_le_bytes().to_vec();
-    b.extend_from_slice(&minor.to_le_bytes());
-    b
 }
 
 /// Writes one entry: a PAX record first for extended attributes, GNU long names as the tar crate
@@ -558,12 +546,11 @@ fn dev_bytes((major, minor): (u32, u32)) -> Vec<u8> {
 fn emit<W: Write>(
     out: &mut tar::Builder<W>,
     path: &str,
-    kind: Kind,
-    meta: &Meta,
-    target: Option<&str>,
+    seen: &Seen,
     size: u64,
     data: impl Read,
 ) -> Result<(), MergeError> {
+    let (kind, meta, (major, minor)) = (seen.kind, &seen.meta, seen.dev);
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind.entry_type());
     h.set_mode(meta.mode);
@@ -571,28 +558,20 @@ fn emit<W: Write>(
     h.set_gid(meta.gid);
     h.set_mtime(meta.mtime);
     h.set_size(size);
-    let mut xattrs = Vec::new();
-    for (name, value) in &meta.xattrs {
-        if name == DEV_KEY {
-            let major = value
-                .get(..4)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u32::from_le_bytes);
-            let minor = value
-                .get(4..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u32::from_le_bytes);
-            h.set_device_major(major).map_err(MergeError::Write)?;
-            h.set_device_minor(minor).map_err(MergeError::Write)?;
-        } else {
-            xattrs.push((format!("{XATTR_KEY}{name}"), value.as_slice()));
-        }
+    if matches!(kind, Kind::Char | Kind::Block) {
+        h.set_device_major(major).map_err(MergeError::Write)?;
+        h.set_device_minor(minor).map_err(MergeError::Write)?;
     }
+    let xattrs: Vec<(String, &[u8])> = meta
+        .xattrs
+        .iter()
+        .map(|(name, value)| (format!("{XATTR_KEY}{name}"), value.as_slice()))
+        .collect();
     if !xattrs.is_empty() {
         out.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), *v)))
             .map_err(MergeError::Write)?;
     }
-    match (kind, target) {
+    match (kind, seen.target.as_deref()) {
         (Kind::Symlink | Kind::HardLink, Some(t)) => out.append_link(&mut h, path, t),
         _ => out.append_data(&mut h, path, data),
     }
