@@ -92,12 +92,15 @@ impl VmConfig {
         let m = self.machine;
         let mut a: Vec<String> = Vec::new();
         let mut push = |parts: &[&str]| a.extend(parts.iter().map(|s| s.to_string()));
-        let accel = match self.accel {
+        let (accel, cpu) = match self.accel {
             Accel::Tcg if self.tcg_cache_mib == 0 => return Err(ConfigError::NoTcgCache),
-            Accel::Tcg => format!("tcg,tb-size={}", self.tcg_cache_mib),
-            Accel::Kvm => "kvm".into(),
+            Accel::Tcg => (
+                format!("tcg,tb-size={}", self.tcg_cache_mib),
+                crate::TCG_CPU_MODEL,
+            ),
+            Accel::Kvm => ("kvm".into(), crate::KVM_CPU_MODEL),
         };
-        push(&["-accel", &accel, "-M", m.arg(), "-cpu", "max"]);
+        push(&["-accel", &accel, "-M", m.arg(), "-cpu", cpu]);
         push(&[
             "-smp",
             &self.cpus.to_string(),
@@ -276,7 +279,7 @@ mod tests {
     fn golden_q35() {
         assert_eq!(
             joined(&sample(Machine::Q35)),
-            "-accel tcg,tb-size=64 -M q35 -cpu max -smp 2 -m 512M \
+            "-accel tcg,tb-size=64 -M q35 -cpu max,-erms -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -chardev file,id=console,path=/run/a/console.log -serial chardev:console \

@@ -194,7 +194,7 @@ mod tests {
         .join(" ");
         assert_eq!(
             args,
-            "-accel tcg,tb-size=64 -M microvm,x-option-roms=off,isa-serial=on -cpu max -smp 2 -m 512M \
+            "-accel tcg,tb-size=64 -M microvm,x-option-roms=off,isa-serial=on -cpu max,-erms -smp 2 -m 512M \
              -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-device,free-page-reporting=on \

@@ -68,6 +68,18 @@ fn guest_agent_scenario() {
     assert!(f.stderr.is_empty());
     assert_eq!((f.exit.code, f.exit.signal), (Some(0), None));
 
+    // Under TCG the guest's CPU lacks ERMS, so copies run as `rep movsq` or vector loops
+    // rather than TCG's byte-per-turn `rep movsb` (qemu_config::TCG_CPU_MODEL).
+    steps.enter("the TCG guest CPU has no ERMS");
+    let f = run_ok(&mut agent, cmd(&["/bin/cat", "/proc/cpuinfo"]));
+    let flags = String::from_utf8_lossy(&f.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .map(str::to_owned)
+        .expect("a flags line in the guest's /proc/cpuinfo");
+    assert!(flags.split_whitespace().any(|f| f == "sse2"), "{flags}");
+    assert!(!flags.split_whitespace().any(|f| f == "erms"), "{flags}");
+
     steps.enter("exit code 3");
     let f = run_ok(&mut agent, sh("exit 3"));
     assert_eq!(f.exit.code, Some(3));
