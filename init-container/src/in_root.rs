@@ -5,7 +5,6 @@
 //! the root, and files the init reads must be regular files, opened without blocking (a FIFO
 //! in place of `/etc/passwd` would otherwise stop the init on `open`).
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -92,12 +91,31 @@ pub fn read_regular(root: &OwnedFd, rel: &str, max: u64) -> Result<Option<String
             "the image's /{rel} is not a regular file"
         )));
     }
-    let mut text = String::new();
-    std::fs::File::from(fd)
-        .take(max)
-        .read_to_string(&mut text)
-        .map_err(|e| InitError::io(format!("read /{rel}"), &e))?;
-    Ok(Some(text))
+    // One read of the size fstat gave and a byte more usually takes the whole file: this runs
+    // for every command (the image's passwd and group), and each system call is dear under TCG.
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let size = usize::try_from(st.st_size).unwrap_or(0).min(limit);
+    let mut bytes = vec![0u8; size.saturating_add(1).min(limit)];
+    let mut len = 0;
+    loop {
+        let want = bytes.len() - len;
+        let n = match nix::unistd::read(&fd, &mut bytes[len..]) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(InitError::sys(format!("read /{rel}"), e)),
+        };
+        len += n;
+        // A regular file's short read is its end (no signal handler runs in the init).
+        if n < want || len >= limit {
+            break;
+        }
+        // The file grew since fstat: read on, up to `max`.
+        bytes.resize(len.saturating_mul(2).min(limit), 0);
+    }
+    bytes.truncate(len);
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| InitError::invalid(format!("the image's /{rel} is not UTF-8")))
 }
 
 /// How [`write_file`] writes.
@@ -183,6 +201,26 @@ mod tests {
         assert!(read_regular(&root, "etc/magic", 100).unwrap().is_none());
         assert!(read_regular(&root, "../secret", 100).unwrap().unwrap() == "image\n");
         assert!(read_regular(&root, "etc/none", 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn read_regular_takes_the_whole_file_up_to_its_limit_and_refuses_what_is_not_text() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = open_root(outer.path()).unwrap();
+        let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        fs::write(outer.path().join("big"), &text).unwrap();
+        assert_eq!(read_regular(&root, "big", 1 << 20).unwrap().unwrap(), text);
+        assert_eq!(
+            read_regular(&root, "big", 1000).unwrap().unwrap(),
+            text[..1000]
+        );
+        let exact = text.len() as u64;
+        assert_eq!(read_regular(&root, "big", exact).unwrap().unwrap(), text);
+        fs::write(outer.path().join("empty"), "").unwrap();
+        assert_eq!(read_regular(&root, "empty", 100).unwrap().unwrap(), "");
+        fs::write(outer.path().join("binary"), [0xff, 0xfe, 0]).unwrap();
+        let e = read_regular(&root, "binary", 100).unwrap_err();
+        assert!(e.to_string().contains("/binary is not UTF-8"), "{e}");
     }
 
     #[test]

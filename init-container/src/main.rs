@@ -70,6 +70,9 @@ fn main() {
         Ok(port) => port,
         Err(e) => power_off(&format!("fatal: boot: {e}")),
     };
+    if let Err(e) = spawn::adopt_root_identity() {
+        log!("commands set their credentials each: setgroups: {e}");
+    }
     let limits = limits::Limits::setup();
     let mut agent = agent::Agent::new(sigfd, PathBuf::from(boot::ROOT), port, limits);
     if let Err(e) = agent.run() {

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use agent_protocol::RunProcess;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -110,7 +111,7 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup: Option<RawFd>) -> Result<Pro
             nix::errno::Errno::from_raw(e.errno),
         )
     })?;
-    let id = users::resolve(root, &req.user, &req.group)?;
+    let id = users::resolve(&root_fd, &req.user, &req.group)?;
     for kv in &req.env {
         if !matches!(kv.split_once('='), Some((k, _)) if !k.is_empty()) {
             return Err(InitError::invalid(format!(
@@ -137,10 +138,13 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup: Option<RawFd>) -> Result<Pro
     let (err_r, err_w) = pipe()?;
     let (stdin_w, stdin_r) = if req.stdin {
         let (r, w) = pipe()?;
-        (Some(w), r)
+        (Some(w), Some(r))
     } else {
-        let null = std::fs::File::open("/dev/null").ctx(|| "open /dev/null".into())?;
-        (None, above_stdio(OwnedFd::from(null))?)
+        (None, None)
+    };
+    let stdin_fd = match &stdin_r {
+        Some(r) => r.as_raw_fd(),
+        None => dev_null()?,
     };
     let plan = Plan {
         candidates,
@@ -148,10 +152,11 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup: Option<RawFd>) -> Result<Pro
         env,
         root: cstr("root", &root.to_string_lossy())?,
         cwd: cstr("working directory", cwd)?,
-        stdio: [stdin_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()],
+        stdio: [stdin_fd, out_w.as_raw_fd(), err_w.as_raw_fd()],
         groups: id.groups.clone(),
         gid: id.gid,
         uid: id.uid,
+        inherit_identity: spawn::inherits_identity(id.uid, id.gid, &id.groups),
         cgroup: cgroup.unwrap_or(-1),
     };
     let pid = match spawn::spawn(&plan) {
@@ -173,10 +178,10 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup: Option<RawFd>) -> Result<Pro
     drop((stdin_r, out_w, err_w));
     let pipes = vec![Pipe::new(out_r, 1), Pipe::new(err_r, 2)];
     for p in &pipes {
-        set_nonblocking(p.fd.as_raw_fd())?;
+        fresh_nonblocking(&p.fd)?;
     }
     if let Some(s) = &stdin_w {
-        set_nonblocking(s.as_raw_fd())?;
+        fresh_nonblocking(s)?;
     }
     let stdin = stdin_w;
     Ok(Proc {
@@ -207,6 +212,25 @@ fn exec_candidates(path: &str, env: &[String]) -> Vec<String> {
             format!("{}/{path}", dir.trim_end_matches('/'))
         })
         .collect()
+}
+
+/// Sets `O_NONBLOCK` on our end of a pipe made by [`pipe`]: its other status flags are known
+/// to be clear, so one `fcntl` does (each system call counts under TCG: this runs per command).
+fn fresh_nonblocking(fd: &OwnedFd) -> Result<()> {
+    fcntl(fd, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).ctx(|| "fcntl F_SETFL".into())?;
+    Ok(())
+}
+
+/// `/dev/null` for the stdin of commands that get none: opened once, kept open (close-on-exec),
+/// and installed as each such child's fd 0 (`dup2` clears close-on-exec on the copy only).
+fn dev_null() -> Result<RawFd> {
+    static DEV_NULL: OnceLock<OwnedFd> = OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let null = std::fs::File::open("/dev/null").ctx(|| "open /dev/null".into())?;
+    let fd = above_stdio(OwnedFd::from(null))?;
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
 /// A close-on-exec pipe, both ends above the standard descriptors: (read, write).

@@ -13,11 +13,29 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 
 /// The child's stack.
 const STACK_SIZE: usize = 64 * 1024;
+
+/// Set once the init runs as [`adopt_root_identity`] makes it.
+static ROOT_IDENTITY: AtomicBool = AtomicBool::new(false);
+
+/// Makes the init's own credentials those of a command run as root (uid 0, gid 0, supplementary
+/// groups `[0]`), so such a command (the common case) inherits them and its child skips three
+/// system calls. The kernel starts the init as uid 0 and gid 0 with no supplementary groups.
+pub fn adopt_root_identity() -> nix::Result<()> {
+    nix::unistd::setgroups(&[nix::unistd::Gid::from_raw(0)])?;
+    ROOT_IDENTITY.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether a child to run as `uid`, `gid` and `groups` has those credentials from the init.
+pub fn inherits_identity(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_t]) -> bool {
+    ROOT_IDENTITY.load(Ordering::Relaxed) && uid == 0 && gid == 0 && groups == [0]
+}
 
 /// The step at which the child failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +78,8 @@ pub struct Plan {
     pub gid: libc::gid_t,
     /// User id.
     pub uid: libc::uid_t,
+    /// The init already has these credentials ([`inherits_identity`]): the child keeps them.
+    pub inherit_identity: bool,
     /// The directory of the cgroup the process is born in (-1: the init's).
     pub cgroup: RawFd,
 }
@@ -232,9 +252,10 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             return fail(shared, Step::Chdir);
         }
         // Raw syscalls: glibc's wrappers would try to coordinate threads this child does not own.
-        if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0
-            || libc::syscall(libc::SYS_setgid, plan.gid) < 0
-            || libc::syscall(libc::SYS_setuid, plan.uid) < 0
+        if !plan.inherit_identity
+            && (libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0
+                || libc::syscall(libc::SYS_setgid, plan.gid) < 0
+                || libc::syscall(libc::SYS_setuid, plan.uid) < 0)
         {
             return fail(shared, Step::Identity);
         }

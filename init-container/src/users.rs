@@ -2,7 +2,6 @@
 //! up in the image root's own `/etc/passwd` and `/etc/group`.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
 
 use crate::error::{InitError, Result};
 use crate::in_root;
@@ -34,14 +33,14 @@ fn rows(text: &str) -> impl Iterator<Item = Vec<&str>> {
         .filter(|f| f.len() >= 4)
 }
 
-/// Resolves `user` and `group` (empty: root, and the user's primary group) against `root`.
+/// Resolves `user` and `group` (empty: root, and the user's primary group) against the image
+/// root `root` (a descriptor from [`in_root::open_root`]).
 ///
 /// The image's `/etc/passwd` and `/etc/group` are only needed to the extent names are involved:
 /// when one is not a regular file, a name lookup is an error and the rest goes on without it.
-pub fn resolve(root: &Path, user: &str, group: &str) -> Result<Identity> {
-    let root = in_root::open_root(root)?;
-    let passwd_read = read_db(&root, "etc/passwd");
-    let groups_read = read_db(&root, "etc/group");
+pub fn resolve(root: &OwnedFd, user: &str, group: &str) -> Result<Identity> {
+    let passwd_read = read_db(root, "etc/passwd");
+    let groups_read = read_db(root, "etc/group");
     let by_name = |s: &str| !s.is_empty() && s.parse::<u32>().is_err();
     let passwd = if by_name(user) {
         passwd_read?
@@ -102,6 +101,10 @@ pub fn resolve(root: &Path, user: &str, group: &str) -> Result<Identity> {
 mod tests {
     use super::*;
 
+    fn resolve_in(root: &std::path::Path, user: &str, group: &str) -> Result<Identity> {
+        resolve(&in_root::open_root(root)?, user, group)
+    }
+
     fn root() -> tempdir::Dir {
         tempdir::Dir::new()
     }
@@ -140,7 +143,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            resolve(&d.0, "", "").unwrap(),
+            resolve_in(&d.0, "", "").unwrap(),
             Identity {
                 uid: 0,
                 gid: 0,
@@ -148,7 +151,7 @@ mod tests {
             }
         );
         assert_eq!(
-            resolve(&d.0, "app", "").unwrap(),
+            resolve_in(&d.0, "app", "").unwrap(),
             Identity {
                 uid: 1000,
                 gid: 1000,
@@ -156,7 +159,7 @@ mod tests {
             }
         );
         assert_eq!(
-            resolve(&d.0, "1000", "staff").unwrap(),
+            resolve_in(&d.0, "1000", "staff").unwrap(),
             Identity {
                 uid: 1000,
                 gid: 50,
@@ -164,18 +167,18 @@ mod tests {
             }
         );
         assert_eq!(
-            resolve(&d.0, "4242", "").unwrap(),
+            resolve_in(&d.0, "4242", "").unwrap(),
             Identity {
                 uid: 4242,
                 gid: 0,
                 groups: vec![0]
             }
         );
-        assert!(resolve(&d.0, "ghost", "")
+        assert!(resolve_in(&d.0, "ghost", "")
             .unwrap_err()
             .context
             .contains("ghost"));
-        assert!(resolve(&d.0, "app", "nogroup")
+        assert!(resolve_in(&d.0, "app", "nogroup")
             .unwrap_err()
             .context
             .contains("nogroup"));
@@ -190,13 +193,13 @@ mod tests {
         )
         .unwrap();
         std::fs::write(d.0.join("etc/group"), "staff:x:50:\n").unwrap();
-        let e = resolve(&d.0, "app", "").unwrap_err();
+        let e = resolve_in(&d.0, "app", "").unwrap_err();
         assert!(
             e.context.contains("/etc/passwd is not a regular file"),
             "{e}"
         );
         assert_eq!(
-            resolve(&d.0, "1000", "staff").unwrap(),
+            resolve_in(&d.0, "1000", "staff").unwrap(),
             Identity {
                 uid: 1000,
                 gid: 50,
