@@ -38,8 +38,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a round trip then costs no thread switches inside the runtime, and QEMU's
+    // vCPU keeps the host's cores (hashing and file copies run on threads of their own).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -8,8 +8,10 @@
 //!   a silent end.
 //! - [`server`]: reads requests, handles them concurrently (a stuck one never blocks Shutdown),
 //!   and writes responses and events through one writer, in order, with backpressure.
+//! - [`stdio`]: stdin and stdout themselves, through the reactor when they are pipes.
 
 pub mod codec;
 pub mod server;
+pub mod stdio;
 
 pub use ya_runtime_api::server::proto;

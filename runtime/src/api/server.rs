@@ -100,9 +100,8 @@ pub async fn write_all(
     out: impl AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Response>,
 ) -> std::io::Result<()> {
-    // Under a flood several events go out in one write (tokio's stdout hands each write to a
-    // blocking thread); the buffer is flushed as soon as the queue is empty, so a quiet
-    // process's last line is never held back.
+    // Under a flood several events go out in one write; the buffer is flushed as soon as the
+    // queue is empty, so a quiet process's last line is never held back.
     let mut out = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, out);
     let mut frame = Vec::new();
     while let Some(r) = rx.recv().await {

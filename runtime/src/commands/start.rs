@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use crate::agent::{AgentError, AgentEvent, Events};
 use crate::api::proto::{request, response};
 use crate::api::server::{self, error, Ending, Handler, Outbox};
+use crate::api::stdio;
 use crate::commands::run::process_for;
 use crate::commands::signals::{self, Termination};
 use crate::deployment::Deployment;
@@ -42,6 +43,9 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 /// runtime's process has ended: a runtime that exits right after writing can have its reply
 /// discarded unread, and the client then waits for it forever.
 const LINGER: Duration = Duration::from_secs(1);
+/// After a failure's last events: how long the runtime stays once the exe-unit has read them
+/// off the pipe, so that its client (see [`LINGER`]) handles them before the process ends.
+const READ_GRACE: Duration = Duration::from_millis(50);
 /// How long the agent's last events may take to arrive once the VM is stopped.
 const LAST_EVENTS_LIMIT: Duration = Duration::from_secs(2);
 
@@ -339,7 +343,8 @@ async fn serve_activity(
     mut termination: Termination,
 ) -> anyhow::Result<u8> {
     let (outbox, queue) = Outbox::new();
-    let mut writer = tokio::spawn(server::write_all(tokio::io::stdout(), queue));
+    let mut writer = tokio::spawn(server::write_all(stdio::output(), queue));
+    let mut input = stdio::input();
     if let Some(result) = started {
         // What upstream's SDK sends: the start result as stdout of pid 0.
         let _ = outbox
@@ -352,11 +357,7 @@ async fn serve_activity(
             .await;
     }
     let mut forwarder = tokio::task::spawn_local(forward(events, outbox.clone()));
-    let mut serving = Box::pin(server::serve(
-        tokio::io::stdin(),
-        Rc::new(service),
-        outbox.clone(),
-    ));
+    let mut serving = Box::pin(server::serve(&mut input, Rc::new(service), outbox.clone()));
     let end = tokio::select! {
         ending = &mut serving => match ending {
             Ending::InputClosed => End::InputClosed,
@@ -389,7 +390,7 @@ async fn serve_activity(
             drop(outbox);
             let _ = forwarder.await;
             match tokio::time::timeout(FLUSH_LIMIT, writer).await {
-                Ok(Ok(Ok(()))) => linger(&mut termination).await,
+                Ok(Ok(Ok(()))) => linger(&mut input, &mut termination).await,
                 Ok(_) => tracing::warn!("the Shutdown reply could not be written"),
                 Err(_) => {
                     tracing::warn!("the Shutdown reply was not written within {FLUSH_LIMIT:?}")
@@ -431,6 +432,7 @@ async fn serve_activity(
             forwarder.abort();
             drop(outbox);
             let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
+            stdio::read_by_client(FLUSH_LIMIT, READ_GRACE).await;
             bail!("the VM stopped unexpectedly: {what}")
         }
         End::AgentLost { reason, open } => {
@@ -444,6 +446,7 @@ async fn serve_activity(
             forwarder.abort();
             drop(outbox);
             let _ = tokio::time::timeout(FLUSH_LIMIT, writer).await;
+            stdio::read_by_client(FLUSH_LIMIT, READ_GRACE).await;
             match died {
                 Some(what) => bail!("the VM stopped unexpectedly: {what}"),
                 None => bail!("the guest agent is lost: {reason}"),
@@ -455,12 +458,11 @@ async fn serve_activity(
 /// After the Shutdown reply: waits until the exe-unit stops the runtime (a signal, or its kill),
 /// closes the runtime API's input, or [`LINGER`] has passed, so the reply is read before the
 /// process ends. Everything the activity owned is already gone.
-async fn linger(termination: &mut Termination) {
+async fn linger(input: &mut stdio::Input, termination: &mut Termination) {
     use tokio::io::AsyncReadExt;
     let input_closed = async {
-        let mut stdin = tokio::io::stdin();
         let mut sink = [0u8; 4096];
-        while let Ok(1..) = stdin.read(&mut sink).await {}
+        while let Ok(1..) = input.read(&mut sink).await {}
     };
     tokio::select! {
         () = tokio::time::sleep(LINGER) => {}

@@ -389,6 +389,41 @@ pub fn pss_kib(pid: i32) -> u64 {
     proc_kib(pid, "smaps_rollup", "Pss:")
 }
 
+/// CPU time (user and system) a process has used, and its threads' context switches (voluntary
+/// and not), summed over the threads alive now; zero when it is gone.
+pub fn cpu_and_switches(pid: i32) -> (std::time::Duration, u64) {
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks: u64 = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) in parentheses.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .map(|t| {
+                    let status =
+                        std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                    status
+                        .lines()
+                        .filter(|l| l.contains("ctxt_switches:"))
+                        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                        .sum::<u64>()
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    (
+        std::time::Duration::from_secs_f64(ticks as f64 / tick),
+        switches,
+    )
+}
+
 /// The KiB figure on the line starting with `key` of `/proc/<pid>/<file>` (0 when it is gone).
 fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))

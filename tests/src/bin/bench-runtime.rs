@@ -173,6 +173,13 @@ async fn main() {
     let script = format!("i=0; while [ $i -lt {loop_block} ]; do /bin/true; i=$((i+1)); done");
     let mut warm = Vec::with_capacity(trips);
     let mut loop_took = Duration::ZERO;
+    // The host's side of the round trips: the runtime's CPU time and thread switches, and
+    // vhost-device-vsock's (the loops between the blocks add a few of their own).
+    let vsock_pid = helpers
+        .iter()
+        .find(|p| p.program == "vhost-device-vsock")
+        .map_or(0, |p| p.pid);
+    let host_before = [runtime_pid, vsock_pid].map(test_harness::cpu_and_switches);
     for block in 0..BLOCKS {
         let runs = trips / BLOCKS + usize::from(block < trips % BLOCKS);
         for _ in 0..runs {
@@ -186,6 +193,14 @@ async fn main() {
     }
     warm.sort();
     let in_guest = loop_took / (loop_block * BLOCKS) as u32;
+    let host_after = [runtime_pid, vsock_pid].map(test_harness::cpu_and_switches);
+    let per_trip = |i: usize| {
+        let cpu = host_after[i].0.saturating_sub(host_before[i].0) / trips as u32;
+        let switches = host_after[i].1.saturating_sub(host_before[i].1) as f64 / trips as f64;
+        (cpu.as_secs_f64() * 1e6, switches)
+    };
+    let (rt_cpu, rt_switches) = per_trip(0);
+    let (vs_cpu, vs_switches) = per_trip(1);
 
     // stdout through the whole path
     // dd with 64 KiB blocks: busybox `head -c` alone manages ~13 MiB/s under TCG, so it would
@@ -327,6 +342,9 @@ async fn main() {
         ms(percentile(&warm, 0.95)),
         ms(in_guest),
         ms(percentile(&warm, 0.5)) / ms(in_guest),
+    );
+    println!(
+        "| host side per warm round trip | runtime {rt_cpu:.0} µs CPU, {rt_switches:.1} thread switches; vhost-device-vsock {vs_cpu:.0} µs CPU, {vs_switches:.1} switches | | |"
     );
     println!(
         "| stdout, {mib} MiB (dd bs=64k) | {out_rate:.1} MiB/s | raw vsock {raw_rate:.1} MiB/s; in the guest, dd alone {dd_alone_rate:.1} MiB/s, dd through a pipe {dd_pipe_rate:.1} MiB/s; the pipe then the vsock on one vCPU {serial_rate:.1} MiB/s | {:.2}; {:.2} of pipe then vsock |",
