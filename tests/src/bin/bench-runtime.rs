@@ -3,11 +3,13 @@
 //!
 //! - cold start (spawn `start` → first `/bin/true` finished) vs the bare kernel-boot floor;
 //! - warm `/bin/true` round trip (RunProcess → final event), p50/p95, vs a shell loop of it in
-//!   the guest, measured in blocks between the round trips;
+//!   the guest, measured in blocks between the round trips; and the host's side of those round
+//!   trips: the CPU time and thread switches of the runtime and of vhost-device-vsock, from
+//!   `/proc`, which the host's load does not move as it moves wall-clock times;
 //! - stdout throughput (`dd if=/dev/zero bs=64k`, and busybox `head -c`, which writes 4 KiB
 //!   pieces, through the runtime API) vs the raw throughput of the same vsock transport
 //!   (`vsock-send` in the same VM straight into a host socket), and vs what bounds it in the
-//!   guest: dd through a pipe, and that pipe then the vsock on the one vCPU;
+//!   guest: each writer through a pipe, and that pipe then the vsock on the one vCPU;
 //! - a volume write (`dd … conv=fsync` into /golem/output) vs the same dd on the host disk,
 //!   with what bounds it in the guest (making the bytes, a write into tmpfs), and its read back;
 //! - host RSS and PSS of QEMU and its helpers for the idle VM (and the runtime's own RSS).
