@@ -115,6 +115,27 @@ fn guest_agent_scenario() {
         b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
 
+    // Credentials: root's are inherited from the init (which takes groups [0] at boot), anyone
+    // else's are set in the child; neither leaks into the next command.
+    steps.enter("credentials of root and of a numeric user");
+    let creds = |agent: &mut Agent, user: &str| {
+        let f = run_ok(
+            agent,
+            RunProcess {
+                user: user.into(),
+                ..cmd(&["/bin/grep", "-E", "^(Uid|Gid|Groups):", "/proc/self/status"])
+            },
+        );
+        String::from_utf8_lossy(&f.stdout).replace('\t', " ")
+    };
+    let root = "Uid: 0 0 0 0\nGid: 0 0 0 0\nGroups: 0 \n";
+    assert_eq!(creds(&mut agent, ""), root);
+    assert_eq!(
+        creds(&mut agent, "4242"),
+        "Uid: 4242 4242 4242 4242\nGid: 0 0 0 0\nGroups: 0 \n"
+    );
+    assert_eq!(creds(&mut agent, "0"), root);
+
     steps.enter("stderr is separate from stdout");
     let f = run_ok(&mut agent, sh("echo out; echo err >&2; echo out2"));
     assert_eq!(f.stdout, b"out\nout2\n");
