@@ -156,7 +156,6 @@ pub fn spawn(root: &Path, req: &RunProcess, cgroup: Option<RawFd>) -> Result<Pro
         groups: id.groups.clone(),
         gid: id.gid,
         uid: id.uid,
-        inherit_identity: spawn::inherits_identity(id.uid, id.gid, &id.groups),
         cgroup: cgroup.unwrap_or(-1),
     };
     let pid = match spawn::spawn(&plan) {

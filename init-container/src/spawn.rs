@@ -32,9 +32,9 @@ pub fn adopt_root_identity() -> nix::Result<()> {
     Ok(())
 }
 
-/// Whether a child to run as `uid`, `gid` and `groups` has those credentials from the init.
-pub fn inherits_identity(uid: libc::uid_t, gid: libc::gid_t, groups: &[libc::gid_t]) -> bool {
-    ROOT_IDENTITY.load(Ordering::Relaxed) && uid == 0 && gid == 0 && groups == [0]
+/// Whether the child of `plan` has its credentials from the init already.
+fn inherits_identity(plan: &Plan) -> bool {
+    ROOT_IDENTITY.load(Ordering::Relaxed) && plan.uid == 0 && plan.gid == 0 && plan.groups == [0]
 }
 
 /// The step at which the child failed.
@@ -78,8 +78,6 @@ pub struct Plan {
     pub gid: libc::gid_t,
     /// User id.
     pub uid: libc::uid_t,
-    /// The init already has these credentials ([`inherits_identity`]): the child keeps them.
-    pub inherit_identity: bool,
     /// The directory of the cgroup the process is born in (-1: the init's).
     pub cgroup: RawFd,
 }
@@ -93,6 +91,8 @@ struct Shared<'a> {
     plan: &'a Plan,
     argv: &'a [*const libc::c_char],
     envp: &'a [*const libc::c_char],
+    /// The init already has the plan's credentials ([`inherits_identity`]): the child keeps them.
+    inherit_identity: bool,
     outcome: Outcome,
 }
 
@@ -110,6 +110,7 @@ pub fn spawn(plan: &Plan) -> Result<i32, (Step, Errno)> {
         plan,
         argv: &argv,
         envp: &envp,
+        inherit_identity: inherits_identity(plan),
         outcome: Outcome { failed: None },
     };
     let mut stack = vec![0u8; STACK_SIZE];
@@ -252,7 +253,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
             return fail(shared, Step::Chdir);
         }
         // Raw syscalls: glibc's wrappers would try to coordinate threads this child does not own.
-        if !plan.inherit_identity
+        if !shared.inherit_identity
             && (libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) < 0
                 || libc::syscall(libc::SYS_setgid, plan.gid) < 0
                 || libc::syscall(libc::SYS_setuid, plan.uid) < 0)
