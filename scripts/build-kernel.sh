@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the guest kernel from Debian's linux-source-$KERNEL_SERIES (common.sh) with kernel/guest.config, once per
-# (source version, configuration, build recipe): the result is cached in $KERNEL_CACHE/<key>/
-# (outside the clone, so a fresh clone on the same machine reuses it).
+# Builds the guest kernel from Debian's linux-source-$KERNEL_SERIES (common.sh) with kernel/guest.config and
+# the patches in kernel/patches/ (applied in name order), once per (source version, configuration,
+# patches, build recipe): the result is cached in $KERNEL_CACHE/<key>/ (outside the clone, so a
+# fresh clone on the same machine reuses it).
 #
 #   scripts/build-kernel.sh            build if not cached; print the cache entry's directory
 #   scripts/build-kernel.sh --path     print the entry's directory if built, else fail
@@ -11,12 +12,14 @@
 #              point (no decompression stage; README, "Guest kernel" has the measurement)
 #   config     the full .config it was built with
 #   version    the kernel release (`uname -r` in the guest)
-# Needs the Debian packages linux-source-$KERNEL_SERIES, bc, bison, flex and libelf-dev (scripts/setup.sh
-# installs them). About 8 minutes on 2 cores.
+# Needs the Debian packages linux-source-$KERNEL_SERIES, bc, bison, flex, libelf-dev and patch
+# (scripts/setup.sh installs them). About 8 minutes on 2 cores.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 FRAGMENT="$REPO_ROOT/kernel/guest.config"
+PATCHES=("$REPO_ROOT"/kernel/patches/*.patch)
+[ -e "${PATCHES[0]}" ] || PATCHES=()
 # Bumped when the way the kernel is built changes (not the configuration: that is hashed).
 RECIPE=1
 
@@ -33,7 +36,10 @@ source_version=$(dpkg-query -W -f='${Version}' linux-source-$KERNEL_SERIES 2>/de
   || die "the Debian package linux-source-$KERNEL_SERIES is not installed (scripts/setup.sh)"
 [ -r "$FRAGMENT" ] || die "$FRAGMENT missing"
 
-key=$( { echo "recipe=$RECIPE"; echo "source=$source_version"; cat "$FRAGMENT"; } | sha256sum | cut -c1-16)
+key=$( {
+  echo "recipe=$RECIPE"; echo "source=$source_version"; cat "$FRAGMENT"
+  for p in "${PATCHES[@]}"; do echo "patch=${p##*/}"; cat "$p"; done
+} | sha256sum | cut -c1-16)
 entry="$KERNEL_CACHE/$key"
 
 built() { [ -r "$entry/vmlinux" ] && [ -r "$entry/version" ]; }
@@ -53,7 +59,7 @@ if built; then
   exit 0
 fi
 
-for tool in make gcc bc bison flex strip tar flock; do
+for tool in make gcc bc bison flex strip tar flock patch; do
   command -v "$tool" >/dev/null || die "$tool not found (run scripts/setup.sh)"
 done
 
@@ -62,6 +68,9 @@ trap 'rm -rf "$work"' EXIT
 say "setup: building the guest kernel (linux-source-$KERNEL_SERIES $source_version, config $key; about 8 minutes, once)"
 tar -xf "$tarball" -C "$work" || die "cannot extract $tarball"
 src=$(ls -d "$work"/linux-source-$KERNEL_SERIES 2>/dev/null) || die "$tarball holds no linux-source-$KERNEL_SERIES/"
+for p in "${PATCHES[@]}"; do
+  patch -d "$src" -p1 --quiet --forward <"$p" >/dev/null || die "kernel/patches/${p##*/} does not apply to linux-source-$KERNEL_SERIES $source_version"
+done
 out="$work/out"
 log="$work/build.log"
 kmake() { make -C "$src" O="$out" ARCH=x86_64 "$@"; }

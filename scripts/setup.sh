@@ -3,7 +3,7 @@
 # Idempotent and quiet when everything is already there. Run as root or with sudo available.
 #   - Debian packages (QEMU, e2fsprogs, squashfs-tools, cpio, busybox-static, passt (the tests'
 #     stand-in for the exe-unit's INET stack), build libraries, protoc, and linux-source-6.12 with
-#     what building a kernel needs)
+#     what building and patching a kernel needs)
 #   - virtiofsd and vhost-device-vsock, built with `cargo install` into $TOOLS_DIR/bin (pinned),
 #     and cargo-deb for the .deb package
 #   - the guest kernel, built from linux-source-6.12 by scripts/build-kernel.sh (cached per
@@ -15,7 +15,7 @@ APT_PACKAGES=(
   qemu-system-x86 e2fsprogs squashfs-tools cpio busybox-static
   passt
   libseccomp-dev libcap-ng-dev protobuf-compiler pkg-config
-  linux-source-6.12 make bc bison flex libelf-dev
+  linux-source-6.12 make bc bison flex libelf-dev patch
 )
 
 as_root() {

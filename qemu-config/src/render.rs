@@ -73,7 +73,8 @@ impl VmConfig {
     fn full_cmdline(&self) -> String {
         let mut line = self.cmdline.clone();
         if self.machine == Machine::Microvm {
-            line.push_str(" reboot=t");
+            line.push_str(" reboot=t ");
+            line.push_str(crate::MICROVM_QUEUE_PARAMS);
         }
         if let Some(khz) = self.tsc_khz {
             line.push_str(&format!(" tsc_early_khz={khz}"));
@@ -318,6 +319,7 @@ mod tests {
              -nodefaults -no-user-config -no-reboot -display none \
              -device virtio-balloon-device,free-page-reporting=on -serial none \
              -kernel /rt/vmlinux -initrd /rt/initramfs.cpio.gz -append console=ttyS0 quiet panic=-1 reboot=t \
+             vmw_vsock_virtio_transport.rx_buffers=128 virtio_blk.queue_depth=256 \
              -drive file=/dev/fd/9,if=none,id=disk0,format=raw,cache.no-flush=on,werror=report,rerror=report \
              -device virtio-blk-device,drive=disk0,serial=image \
              -device vhost-vsock-device,guest-cid=7 \
@@ -337,7 +339,9 @@ mod tests {
         let at = args.iter().position(|a| a == "-append").unwrap();
         assert_eq!(
             args[at + 1],
-            "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2596136"
+            "console=ttyS0 quiet panic=-1 reboot=t \
+             vmw_vsock_virtio_transport.rx_buffers=128 virtio_blk.queue_depth=256 \
+             tsc_early_khz=2596136"
         );
     }
 

@@ -200,7 +200,8 @@ mod tests {
              -device virtio-balloon-device,free-page-reporting=on \
              -chardev socket,id=console,fd=9 -serial chardev:console \
              -kernel /rt/vmlinux -initrd /rt/initramfs.cpio \
-             -append console=ttyS0 quiet panic=-1 yarv.hostname=node-1 yarv.root=disk reboot=t tsc_early_khz=2596136 \
+             -append console=ttyS0 quiet panic=-1 yarv.hostname=node-1 yarv.root=disk reboot=t \
+             vmw_vsock_virtio_transport.rx_buffers=128 virtio_blk.queue_depth=256 tsc_early_khz=2596136 \
              -drive file=/cache/img,,1.gvmi,if=none,id=disk0,format=raw,readonly=on \
              -device virtio-blk-device,drive=disk0,serial=image \
              -drive file=/dev/fd/7,if=none,id=disk1,format=raw,cache.no-flush=on,werror=report,rerror=report \

@@ -80,6 +80,28 @@ fn guest_agent_scenario() {
     assert!(flags.split_whitespace().any(|f| f == "sse2"), "{flags}");
     assert!(!flags.split_whitespace().any(|f| f == "erms"), "{flags}");
 
+    // On microvm, whose virtio-mmio rings are 1024 entries deep, the guest posts as many vsock
+    // receive buffers and preallocates as many disk requests as on PCI
+    // (qemu_config::MICROVM_QUEUE_PARAMS). `rx_buffers` exists only with our kernel's patch; on
+    // q35 both read 0 (the rings are PCI's).
+    steps.enter("queue depths as on PCI");
+    let f = run_ok(
+        &mut agent,
+        cmd(&[
+            "/bin/cat",
+            "/sys/module/vmw_vsock_virtio_transport/parameters/rx_buffers",
+            "/sys/module/virtio_blk/parameters/queue_depth",
+        ]),
+    );
+    let expected: &[u8] = match e2e::host_machine().0 {
+        qemu_config::Machine::Microvm => b"128\n256\n",
+        qemu_config::Machine::Q35 => b"0\n0\n",
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&f.stdout),
+        String::from_utf8_lossy(expected)
+    );
+
     steps.enter("exit code 3");
     let f = run_ok(&mut agent, sh("exit 3"));
     assert_eq!(f.exit.code, Some(3));
