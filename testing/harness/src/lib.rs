@@ -389,6 +389,31 @@ pub fn pss_kib(pid: i32) -> u64 {
     proc_kib(pid, "smaps_rollup", "Pss:")
 }
 
+/// The resident KiB of a process's anonymous mappings that are writable and executable at once:
+/// in QEMU under TCG (without split-wx) that is the translation cache and nothing else. 0 when
+/// there are none or the process is gone.
+pub fn rwx_anon_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_or(0, |s| rwx_anon_rss(&s))
+}
+
+/// [`rwx_anon_rss_kib`] of a `/proc/PID/smaps` text.
+fn rwx_anon_rss(smaps: &str) -> u64 {
+    let mut in_rwx_anon = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            // A mapping's header: range, permissions, offset, device, inode[, path].
+            [range, perms, _, _, _, rest @ ..] if range.contains('-') && !range.ends_with(':') => {
+                in_rwx_anon = perms.starts_with("rwx") && rest.is_empty();
+            }
+            ["Rss:", kib, ..] if in_rwx_anon => total += kib.parse::<u64>().unwrap_or(0),
+            _ => {}
+        }
+    }
+    total
+}
+
 /// CPU time (user and system) a process has used, and its threads' context switches (voluntary
 /// and not), summed over the threads alive now; zero when it is gone.
 pub fn cpu_and_switches(pid: i32) -> (std::time::Duration, u64) {
@@ -555,4 +580,29 @@ pub fn sample_changed(change: impl FnOnce(&Path), config_json: &str) -> Vec<u8> 
     let mut image = test_fixtures::images::squashfs(&root, &work.path().join("out.sqfs")).unwrap();
     image.extend(test_fixtures::images::trailer(config_json.as_bytes()));
     image
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_anonymous_rwx_mappings_count() {
+        let smaps = "\
+7f00-7f10 rwxp 00000000 00:00 0
+Size:              65532 kB
+Rss:               36864 kB
+VmFlags: rd wr ex mr mw me ac
+7f10-7f20 rw-p 00000000 00:00 0
+Rss:                5012 kB
+7f20-7f30 rwxp 00000000 00:00 0 [stack]
+Rss:                 100 kB
+7f30-7f40 r-xp 00000000 08:01 42 /usr/bin/qemu-system-x86_64
+Rss:                5200 kB
+7f40-7f50 rwxp 00000000 00:00 0
+Rss:                   4 kB
+";
+        assert_eq!(rwx_anon_rss(smaps), 36868);
+        assert_eq!(rwx_anon_rss(""), 0);
+    }
 }

@@ -12,7 +12,8 @@
 //!   guest: each writer through a pipe, and that pipe then the vsock on the one vCPU;
 //! - a volume write (`dd … conv=fsync` into /golem/output) vs the same dd on the host disk,
 //!   with what bounds it in the guest (making the bytes, a write into tmpfs), and its read back;
-//! - host RSS and PSS of QEMU and its helpers for the idle VM (and the runtime's own RSS).
+//! - host RSS and PSS of QEMU and its helpers for the idle VM (and the runtime's own RSS, and how
+//!   much of QEMU's is TCG's translation cache).
 //!
 //! Usage: `bench-runtime RUNTIME_BIN VSOCK_SEND [cold-starts (3)] [round-trips (200)] [MiB (256)]`;
 //! the runtime dir comes from `YA_RUNTIME_VM_RUNTIME_DIR` as for the runtime itself.
@@ -166,6 +167,11 @@ async fn main() {
         .join(", ");
     let runtime_rss: u64 = runtime_rss.iter().map(|p| p.rss_kib).sum();
     let helpers_pss: u64 = helpers.iter().map(|p| pss_kib(p.pid)).sum();
+    let tcg_cache: u64 = helpers
+        .iter()
+        .filter(|p| p.program.starts_with("qemu-system"))
+        .map(|p| test_harness::rwx_anon_rss_kib(p.pid))
+        .sum();
 
     // The floor of a start: the same program started by a shell loop in the same VM (fork, exec,
     // wait, and the loop's own arithmetic), per run. Measured in blocks between blocks of round
@@ -373,9 +379,11 @@ async fn main() {
         mib_per_s(bytes, read_took)
     );
     println!(
-        "| host RSS, idle 256 MiB VM | {:.1} MiB ({helper_list}) | runtime itself {:.1} MiB | |",
+        "| host RSS, idle 256 MiB VM | {:.1} MiB ({helper_list}) | runtime itself {:.1} MiB; \
+         of QEMU's, TCG's translation cache {:.1} MiB (none under KVM) | |",
         helpers_rss as f64 / 1024.0,
-        runtime_rss as f64 / 1024.0
+        runtime_rss as f64 / 1024.0,
+        tcg_cache as f64 / 1024.0
     );
     println!(
         "| host PSS, the same (shared pages split among their users) | {:.1} MiB | | |",
